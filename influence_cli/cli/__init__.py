@@ -1,0 +1,34 @@
+"""The Typer application: one module per command, each a thin shell over the library API."""
+
+from __future__ import annotations
+
+import typer
+
+from influence_cli.cli.score import score_command
+
+app = typer.Typer(
+    name="influence-cli",
+    help="Audit PyTorch training data: influence (TracIn, GAS, GAS-L), mislabels, attack targets, CI checks.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.command("score")(score_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from influence_cli import __version__
+
+        typer.echo(f"influence-cli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """Audit PyTorch training data: influence (TracIn, GAS, GAS-L), mislabels, attack targets, CI checks."""
+
+
+def main() -> None:
+    app()

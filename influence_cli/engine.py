@@ -1,0 +1,140 @@
+"""The gradient passes: query (test) side once per checkpoint, then one streaming training pass.
+
+Order of work, for C checkpoints, M query and N training examples:
+
+1. ``query_features``: for each checkpoint c, the M query gradients g_c(z′), already weighted by
+   the estimator's w (see :mod:`influence_cli.estimators`): C × M × D numbers, held once.
+2. ``train_pass``: for each training batch of B examples and each checkpoint c, the batch's
+   gradients g_c(z) are computed once and used for both the score block
+   Σ_c η_c ⟨w·g_c(z′), w·g_c(z)⟩ ([M, B]) and the self-influence Σ_c η_c Σ_l w_l²‖g_c^l(z)‖² ([B]).
+   Blocks are merged into streaming top-k lists and dropped: memory is C×M×D + M×k + N,
+   never M×N (unless the full matrix is asked for).
+
+The training-batch loop is outside the checkpoint loop so that the sum over checkpoints is
+complete before top-k selection; every checkpoint's weights therefore stay loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from influence_cli.errors import GradientError
+from influence_cli.estimators import Method, layer_weights
+from influence_cli.gradients.per_example import FlatGrads
+from influence_cli.loading.data import Examples
+from influence_cli.progress import NoProgress, Progress
+from influence_cli.session import Session
+from influence_cli.topk import StreamingTopK
+
+
+@dataclass
+class QueryFeatures:
+    """Weighted query gradients w·g_c(z′), one [M, D] block per checkpoint."""
+
+    indices: torch.Tensor
+    labels: torch.Tensor
+    per_checkpoint: list[FlatGrads]
+
+
+@dataclass
+class TrainPassResult:
+    """What one pass over (a shard of) the training set produced, on the CPU."""
+
+    indices: torch.Tensor                                  # [N'] training indices covered
+    self_influence: torch.Tensor                           # [N'] Σ_c η_c Σ_l w_l²‖g_c^l‖²
+    proponents: tuple[torch.Tensor, torch.Tensor] | None   # ([M, k] scores, [M, k] indices)
+    opponents: tuple[torch.Tensor, torch.Tensor] | None
+    matrix: torch.Tensor | None                            # [M, N'] when asked for
+
+
+def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
+                      finite: list[tuple[int, torch.Tensor]]) -> None:
+    """Name the first example and checkpoint whose gradient is NaN or infinite.
+
+    ``finite`` pairs a checkpoint number with the batch's per-example finiteness flags there.
+    """
+    for c, ok in finite:
+        bad = (~ok).nonzero()
+        if len(bad):
+            i = int(idx[int(bad[0])])
+            raise GradientError(f"{split.name}: the gradient of example {i} at checkpoint "
+                                f"{session.checkpoints[c].path} is not finite (NaN or inf loss); "
+                                "check that example's inputs and label")
+
+
+def _weighted(session: Session, method: Method, c: int, x: object, y: torch.Tensor
+              ) -> tuple[FlatGrads, torch.Tensor, torch.Tensor]:
+    """(w·g_c, Σ_l w_l²‖g^l‖², finite flags) for one batch at checkpoint c."""
+    g = session.gradients(session.weights[c], x, y)
+    sq = g.layer_sq_norms()
+    w = layer_weights(sq, method)
+    return g.scaled(w), (w.pow(2) * sq).sum(1), torch.isfinite(sq).all(1)
+
+
+def query_features(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor,
+                   progress: Progress | None = None) -> QueryFeatures:
+    """Weighted gradients of the query examples ``indices`` (test split) at ``labels``."""
+    assert session.test is not None
+    progress = progress or NoProgress()
+    bs = session.recipe.batch_size
+    per_checkpoint = []
+    with progress.task("test gradients", total=len(indices) * len(session.weights)) as advance:
+        for c in range(len(session.weights)):
+            parts = []
+            for start in range(0, len(indices), bs):
+                idx = indices[start:start + bs]
+                x, _ = session.test.batch(idx)
+                x, y = session.to_device(x, labels[start:start + bs])
+                feats, _, finite = _weighted(session, method, c, x, y)
+                if not bool(finite.all()):
+                    _raise_non_finite(session, session.test, idx, [(c, finite)])
+                parts.append(feats)
+                advance(len(idx))
+            per_checkpoint.append(FlatGrads.cat(parts))
+    return QueryFeatures(indices, labels, per_checkpoint)
+
+
+def train_pass(session: Session, method: Method, query: QueryFeatures | None = None, *, k: int = 10,
+               keep_matrix: bool = False, indices: torch.Tensor | None = None,
+               progress: Progress | None = None) -> TrainPassResult:
+    """Stream over the training examples ``indices`` (default all), scoring against ``query``."""
+    progress = progress or NoProgress()
+    indices = torch.arange(len(session.train)) if indices is None else indices
+    m = 0 if query is None else len(query.indices)
+    k = min(k, len(indices))
+    top = StreamingTopK(m, k, largest=True, device=session.device, dtype=session.dtype)
+    bottom = StreamingTopK(m, k, largest=False, device=session.device, dtype=session.dtype)
+    self_parts, blocks = [], []
+    rates = session.learning_rates
+    with progress.task("train gradients", total=len(indices)) as advance:
+        for idx, x, y in session.train.batches(session.recipe.batch_size, indices):
+            x, y = session.to_device(x, y)
+            block = torch.zeros(m, len(idx), device=session.device, dtype=session.dtype)
+            self_inf = torch.zeros(len(idx), device=session.device, dtype=session.dtype)
+            finite = []
+            for c, lr in enumerate(rates):
+                feats, self_term, ok = _weighted(session, method, c, x, y)
+                self_inf += lr * self_term
+                finite.append(ok)
+                if query is not None:
+                    block += lr * query.per_checkpoint[c].dot(feats)
+            if not bool(torch.isfinite(self_inf).all()):
+                _raise_non_finite(session, session.train, idx, list(enumerate(finite)))
+            cols = idx.to(session.device)
+            if m:
+                top.update(block, cols)
+                bottom.update(block, cols)
+                if keep_matrix:
+                    blocks.append(block.cpu())
+            self_parts.append(self_inf.cpu())
+            advance(len(idx))
+    cpu = lambda pair: (pair[0].cpu(), pair[1].cpu())  # noqa: E731
+    return TrainPassResult(
+        indices=indices,
+        self_influence=torch.cat(self_parts),
+        proponents=cpu(top.result()) if m else None,
+        opponents=cpu(bottom.result()) if m else None,
+        matrix=torch.cat(blocks, dim=1) if keep_matrix and m else None,
+    )

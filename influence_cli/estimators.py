@@ -1,0 +1,58 @@
+"""Influence estimators: the formulas, once.
+
+Notation: N training examples z, M query (test) examples z′, C checkpoints with learning
+rates η_c, L layers. g_c(z) ∈ ℝ^D is the gradient of the per-example loss at checkpoint c,
+restricted to the selected layers; g_c^l(z) is its layer-l block (a layer is the module that owns
+the parameters, e.g. ``fc1`` = ``fc1.weight`` ⊕ ``fc1.bias``).
+
+Every estimator has the form
+
+    I(z, z′) = Σ_c η_c Σ_l w_l(g_c(z)) · w_l(g_c(z′)) · ⟨g_c^l(z), g_c^l(z′)⟩
+
+with a per-example, per-layer weight w:
+
+============  ===========================  ===============================================
+method        w_l(g)                       meaning
+============  ===========================  ===============================================
+``tracin``    1                            Σ_c η_c ⟨g, g′⟩ (Pruthi et al. 2020, TracInCP)
+``gas``       1 / ‖g‖                      Σ_c η_c cos(g, g′) (Hammoudeh & Lowd 2022)
+``gas-l``     1 / ‖g^l‖                    Σ_c η_c Σ_l cos(g^l, g′^l) (same paper, layerwise)
+============  ===========================  ===============================================
+
+Positive scores are *proponents* (a gradient step on z lowered the loss on z′), negative
+scores *opponents*. Self-influence is I(z, z) = Σ_c η_c Σ_l w_l² ‖g_c^l(z)‖².
+
+Zero gradients: a zero-norm gradient (or layer block) gets weight 0, so its cosine is defined
+as 0 rather than NaN; it neither promotes nor opposes anything.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+
+
+class Method(str, Enum):
+    """The influence estimator. Values are the CLI/recipe spellings."""
+
+    TRACIN = "tracin"
+    GAS = "gas"
+    GAS_L = "gas-l"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+def layer_weights(sq_norms: torch.Tensor, method: Method) -> torch.Tensor:
+    """w_l for every example and layer from the layer squared norms ‖g^l‖² ([B, L] → [B, L])."""
+    if method is Method.TRACIN:
+        return torch.ones_like(sq_norms)
+    norms = sq_norms.sum(1, keepdim=True).expand_as(sq_norms) if method is Method.GAS else sq_norms
+    norms = norms.sqrt()
+    return torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(norms))
+
+
+def self_influence_term(sq_norms: torch.Tensor, method: Method) -> torch.Tensor:
+    """One checkpoint's Σ_l w_l² ‖g^l‖² for each example ([B, L] → [B]), before η_c."""
+    return (layer_weights(sq_norms, method).pow(2) * sq_norms).sum(1)

@@ -1,0 +1,104 @@
+"""Per-example gradients in batches with ``torch.func``: ``vmap(grad(ℓ))`` over ``functional_call``.
+
+Every parameter type is differentiated (Linear, Conv, LayerNorm, embeddings, ...): nothing is
+dropped the way hook-based per-sample gradients drop unknown modules. The model runs in eval
+mode: BatchNorm uses its running statistics and dropout is off, so each example's gradient does
+not depend on the rest of its batch.
+
+Shapes: a batch of B examples gives a :class:`FlatGrads` of shape [B, D], D the number of
+selected parameters, with per-layer column slices from the :class:`ParamLayout`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils._pytree import tree_map
+
+from influence_cli.gradients.layers import ParamLayout
+from influence_cli.losses import LossFn, model_outputs
+
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+
+
+def call_model(model: nn.Module, weights: dict[str, torch.Tensor], inputs: Inputs) -> torch.Tensor:
+    """``model(inputs)`` with ``weights`` swapped in; dict inputs are passed as keyword arguments."""
+    if isinstance(inputs, dict):
+        out = functional_call(model, weights, args=(), kwargs=inputs)
+    else:
+        out = functional_call(model, weights, (inputs,))
+    return model_outputs(out)
+
+
+@dataclass
+class FlatGrads:
+    """Materialised per-example gradients ``g`` [B, D] with the layer slices of ``layout``.
+
+    The estimators only use three operations, so other representations (factorised,
+    projected) can stand in: per-layer squared norms, per-layer scaling, and inner products.
+    """
+
+    g: torch.Tensor
+    layout: ParamLayout
+
+    def __len__(self) -> int:
+        return self.g.shape[0]
+
+    def layer_sq_norms(self) -> torch.Tensor:
+        """‖g^l‖² for every example and layer: [B, L]."""
+        return torch.stack([self.g[:, a:b].pow(2).sum(1) for a, b in self.layout.slices], dim=1)
+
+    def scaled(self, w: torch.Tensor) -> "FlatGrads":
+        """Layer l of example i multiplied by ``w[i, l]`` ([B, L])."""
+        sizes = torch.tensor([b - a for a, b in self.layout.slices], device=w.device)
+        return FlatGrads(self.g * torch.repeat_interleave(w, sizes, dim=1), self.layout)
+
+    def dot(self, other: "FlatGrads") -> torch.Tensor:
+        """Σ_l ⟨g^l_i, g'^l_j⟩ = ⟨g_i, g'_j⟩ for all pairs: [B, B']."""
+        return self.g @ other.g.T
+
+    @staticmethod
+    def cat(parts: list["FlatGrads"]) -> "FlatGrads":
+        return FlatGrads(torch.cat([p.g for p in parts]), parts[0].layout)
+
+
+def _expand_attention_mask(model: nn.Module, inputs: Inputs, dtype: torch.dtype) -> Inputs:
+    """For a transformers model, turn a [B, T] 0/1 ``attention_mask`` into the additive
+    [B, 1, 1, T] mask transformers accepts as "already prepared".
+
+    transformers inspects a 2D mask's values (``mask.all()``) to choose a fast path; that is
+    data-dependent control flow, which ``vmap`` cannot trace. A prepared 4D mask is used as is.
+    """
+    mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
+    if mask is None or mask.dim() != 2 or not type(model).__module__.startswith("transformers."):
+        return inputs
+    additive = (1.0 - mask.to(dtype)) * torch.finfo(dtype).min
+    return {**inputs, "attention_mask": additive[:, None, None, :]}
+
+
+class PerExampleGradients:
+    """Computes g(z) = ∇_θ ℓ(f_θ(x), y) for each example of a batch, restricted to ``layout``."""
+
+    def __init__(self, model: nn.Module, layout: ParamLayout, loss_fn: LossFn) -> None:
+        self.model = model.eval()
+        self.layout = layout
+        self.loss_fn = loss_fn
+
+        def loss_one(selected: dict[str, torch.Tensor], rest: dict[str, torch.Tensor],
+                     x: Inputs, y: torch.Tensor) -> torch.Tensor:
+            xb = tree_map(lambda t: t.unsqueeze(0), x)
+            out = call_model(self.model, {**rest, **selected}, xb)
+            return self.loss_fn(out, y.unsqueeze(0)).sum()
+
+        self._grads = vmap(grad(loss_one), in_dims=(None, None, 0, 0))
+
+    def __call__(self, weights: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor) -> FlatGrads:
+        inputs = _expand_attention_mask(self.model, inputs, weights[self.layout.names[0]].dtype)
+        selected = {n: weights[n] for n in self.layout.names}
+        rest = {n: w for n, w in weights.items() if n not in selected}
+        per_param = self._grads(selected, rest, inputs, labels)
+        g = torch.cat([per_param[n].reshape(len(labels), -1) for n in self.layout.names], dim=1)
+        return FlatGrads(g, self.layout)

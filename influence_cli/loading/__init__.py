@@ -1,0 +1,1 @@
+"""Loaders: the model, its checkpoints and the data named by a recipe."""

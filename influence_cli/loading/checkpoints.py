@@ -1,0 +1,182 @@
+"""Checkpoints: find them, read them safely, resolve their learning rates, fit them to the model.
+
+Formats understood:
+
+- a plain state dict (``.pt``/``.pth``/``.bin``, every value a tensor);
+- a training dict with ``model_state_dict``, ``state_dict`` or ``model``, optionally with
+  ``optimizer_state_dict`` (or ``optimizer``/``optimizer_states``) and ``learning_rate``/``lr``;
+- a ``.safetensors`` state dict.
+
+Files load with ``torch.load(weights_only=True)``; a file that needs pickle is refused unless the
+recipe sets ``trust_checkpoints: true``. A ``module.`` prefix (DataParallel/DDP) is stripped.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import pickle
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from influence_cli.errors import CheckpointError, RecipeError
+from influence_cli.recipe import CheckpointGlob, Recipe
+
+_STATE_KEYS = ("model_state_dict", "state_dict", "model")
+_OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states")
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint named by the recipe, before loading. ``learning_rate`` may be ``"auto"``."""
+
+    path: Path
+    learning_rate: float | str
+    key: str  # the recipe key, for error messages
+
+    @property
+    def where(self) -> str:
+        return f"{self.key} ({self.path})"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A loaded checkpoint: its weights and its learning rate η_c."""
+
+    path: Path
+    learning_rate: float
+    state: dict[str, torch.Tensor]
+    sha256: str
+
+
+def _natural_key(path: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path)]
+
+
+def list_checkpoints(recipe: Recipe) -> list[CheckpointRef]:
+    """The recipe's checkpoints in order; a glob is expanded in natural order (2 before 10)."""
+    spec = recipe.checkpoints
+    if not isinstance(spec, CheckpointGlob):
+        refs = [CheckpointRef(recipe.resolve(c.path), c.learning_rate, f"checkpoints[{i}]")
+                for i, c in enumerate(spec)]
+    else:
+        paths = sorted(globlib.glob(str(recipe.resolve(spec.glob))), key=_natural_key)
+        if not paths:
+            raise RecipeError(f"checkpoints.glob: no file matches {spec.glob!r} in {recipe.base_dir}")
+        rates = spec.learning_rate
+        if isinstance(rates, list):
+            if len(rates) != len(paths):
+                raise RecipeError(f"checkpoints.learning_rate: {len(rates)} learning rates for "
+                                  f"{len(paths)} checkpoints matching {spec.glob!r}")
+        else:
+            rates = [rates] * len(paths)
+        refs = [CheckpointRef(Path(p), lr, f"checkpoints.glob[{i}]") for i, (p, lr) in enumerate(zip(paths, rates))]
+    for ref in refs:
+        if not ref.path.is_file():
+            raise CheckpointError(f"{ref.where}: file not found")
+    return refs
+
+
+def _read(ref: CheckpointRef, trust: bool) -> Any:
+    if ref.path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(ref.path), device="cpu")
+        except Exception as exc:
+            raise CheckpointError(f"{ref.where}: not a readable safetensors file: {exc}") from None
+    try:
+        return torch.load(ref.path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if trust:
+            raise CheckpointError(f"{ref.where}: cannot unpickle: {exc}") from None
+        raise CheckpointError(
+            f"{ref.where}: the file needs pickle to load, which can run code; set "
+            "`trust_checkpoints: true` in the recipe if you trust it") from None
+    except Exception as exc:
+        raise CheckpointError(f"{ref.where}: not a readable PyTorch checkpoint: "
+                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+
+
+def _is_state_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _learning_rate_in(obj: Mapping[str, Any]) -> float | None:
+    for key in ("learning_rate", "lr"):
+        if isinstance(obj.get(key), (int, float)):
+            return float(obj[key])
+    for key in _OPTIMIZER_KEYS:
+        opt = obj.get(key)
+        if isinstance(opt, list) and opt:  # Lightning keeps a list of optimizer states
+            opt = opt[0]
+        if isinstance(opt, Mapping):
+            groups = opt.get("param_groups")
+            if isinstance(groups, list) and groups and isinstance(groups[0].get("lr"), (int, float)):
+                return float(groups[0]["lr"])
+    return None
+
+
+def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    if state and all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return dict(state)
+
+
+def file_sha256(path: Path) -> str:
+    """Content hash of a checkpoint file (what caches and reports key checkpoints by)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_checkpoint(ref: CheckpointRef, *, trust: bool = False) -> Checkpoint:
+    """Read one checkpoint and resolve its learning rate (``auto``: from the file, else an error)."""
+    obj = _read(ref, trust)
+    if _is_state_dict(obj):
+        state, container = obj, {}
+    elif isinstance(obj, Mapping):
+        found = [k for k in _STATE_KEYS if _is_state_dict(obj.get(k))]
+        if not found:
+            raise CheckpointError(f"{ref.where}: no state dict found (expected a plain state dict or "
+                                  f"one of the keys {', '.join(_STATE_KEYS)})")
+        state, container = obj[found[0]], obj
+    else:
+        raise CheckpointError(f"{ref.where}: holds a {type(obj).__name__}, not a state dict")
+    lr = ref.learning_rate
+    if lr == "auto":
+        lr = _learning_rate_in(container)
+        if lr is None:
+            raise CheckpointError(f"{ref.where}: learning_rate is auto but the file has no "
+                                  "learning_rate/lr key or optimizer state; set learning_rate in the recipe")
+    return Checkpoint(ref.path, float(lr), _strip_prefix(state, "module."), file_sha256(ref.path))
+
+
+def fit_to_model(model: nn.Module, ckpt: Checkpoint, where: str) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors for every parameter and persistent buffer of ``model``.
+
+    Missing or unexpected keys and shape mismatches are errors naming the first offender.
+    """
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in ckpt.state]
+    unexpected = [k for k in ckpt.state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} key(s) the model needs, e.g. {missing[0]!r}")
+        if unexpected:
+            parts.append(f"{len(unexpected)} key(s) the model does not have, e.g. {unexpected[0]!r}")
+        raise CheckpointError(f"{where}: does not fit the model: {'; '.join(parts)}")
+    for name, tensor in expected.items():
+        got = ckpt.state[name]
+        if got.shape != tensor.shape:
+            raise CheckpointError(f"{where}: {name} has shape {tuple(got.shape)} but the model "
+                                  f"expects {tuple(tensor.shape)}")
+    return {k: ckpt.state[k] for k in expected}

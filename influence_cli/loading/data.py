@@ -1,0 +1,165 @@
+"""Data splits as indexable example sets.
+
+An :class:`Examples` holds N examples and hands out batches by index: ``batch(idx)`` returns
+``(inputs, labels)`` where ``inputs`` is a tensor or a dict of tensors (e.g. token ids and an
+attention mask) with a leading batch dimension.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import torch
+from torch.utils.data import Dataset, default_collate
+
+from influence_cli.errors import DataError
+from influence_cli.loading.imports import import_callable
+from influence_cli.recipe import FactoryData, Recipe, TensorsData
+
+Inputs = torch.Tensor | dict[str, torch.Tensor]
+
+
+class Examples:
+    """N examples with labels, batched by index. Subclasses implement ``__len__`` and ``_fetch``."""
+
+    name: str
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def _fetch(self, idx: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """All N labels (one pass over the data for a dataset; cached)."""
+        raise NotImplementedError
+
+    def batch(self, idx: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        """Inputs and labels of the examples at ``idx``."""
+        return self._fetch(idx)
+
+    def batches(self, batch_size: int, indices: torch.Tensor | None = None
+                ) -> Iterator[tuple[torch.Tensor, Inputs, torch.Tensor]]:
+        """``(idx, inputs, labels)`` in order over ``indices`` (default: all examples)."""
+        indices = torch.arange(len(self)) if indices is None else indices
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start:start + batch_size]
+            yield (idx, *self._fetch(idx))
+
+
+@dataclass
+class TensorExamples(Examples):
+    """Examples held as tensors: ``inputs`` (or a dict of them) and ``labels``, first dim N."""
+
+    inputs: Inputs
+    labels_: torch.Tensor
+    name: str = "data"
+
+    def __post_init__(self) -> None:
+        lengths = {k: len(v) for k, v in _as_dict(self.inputs).items()}
+        if any(n != len(self.labels_) for n in lengths.values()):
+            raise DataError(f"{self.name}: inputs have {sorted(set(lengths.values()))} rows but "
+                            f"labels have {len(self.labels_)}")
+
+    def __len__(self) -> int:
+        return len(self.labels_)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        return self.labels_
+
+    def _fetch(self, idx: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        if isinstance(self.inputs, dict):
+            return {k: v[idx] for k, v in self.inputs.items()}, self.labels_[idx]
+        return self.inputs[idx], self.labels_[idx]
+
+
+@dataclass
+class DatasetExamples(Examples):
+    """Examples from a map-style ``Dataset`` of ``(input, label)`` pairs, batched by ``collate``."""
+
+    dataset: Dataset
+    collate: Callable[[list[Any]], Any] = default_collate
+    name: str = "data"
+    _labels: torch.Tensor | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    @property
+    def labels(self) -> torch.Tensor:
+        if self._labels is None:
+            self._labels = torch.cat([y for _, _, y in self.batches(256)])
+        return self._labels
+
+    def _fetch(self, idx: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        items = [self.dataset[int(i)] for i in idx]
+        try:
+            inputs, labels = self.collate(items)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{self.name}: items must be (input, label) pairs: {exc}") from None
+        return inputs, torch.as_tensor(labels)
+
+
+def _as_dict(inputs: Inputs) -> dict[str, torch.Tensor]:
+    return inputs if isinstance(inputs, dict) else {"inputs": inputs}
+
+
+def _load_tensor_file(path: Path, key: str) -> Mapping[str, Any]:
+    if not path.is_file():
+        raise DataError(f"{key}.path: file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"{key}.path: cannot read {path}: {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    if not isinstance(obj, Mapping):
+        raise DataError(f"{key}.path: {path} holds a {type(obj).__name__}, expected a dict with inputs and labels")
+    return obj
+
+
+def _from_tensors(spec: TensorsData, recipe: Recipe, key: str) -> Examples:
+    path = recipe.resolve(spec.path)
+    obj = _load_tensor_file(path, key)
+    for k in (spec.inputs_key, spec.labels_key):
+        if k not in obj:
+            raise DataError(f"{key}: {path} has no {k!r} entry (has: {', '.join(map(str, obj)) or 'nothing'})")
+    return TensorExamples(obj[spec.inputs_key], torch.as_tensor(obj[spec.labels_key]), name=key)
+
+
+def _from_factory(spec: FactoryData, recipe: Recipe, key: str) -> Examples:
+    fn = import_callable(spec.factory, base_dir=recipe.base_dir, key=f"{key}.factory")
+    try:
+        out = fn(**spec.kwargs)
+    except Exception as exc:
+        raise DataError(f"{key}.factory: {spec.factory} raised {type(exc).__name__}: {exc}") from None
+    if isinstance(out, tuple) and len(out) == 2:
+        return TensorExamples(out[0], torch.as_tensor(out[1]), name=key)
+    if isinstance(out, Dataset) or (hasattr(out, "__getitem__") and hasattr(out, "__len__")):
+        return DatasetExamples(out, name=key)
+    raise DataError(f"{key}.factory: returned {type(out).__name__}; expected a Dataset or (inputs, labels)")
+
+
+LOADERS: dict[type, Callable[[Any, Recipe, str], Examples]] = {
+    TensorsData: _from_tensors,
+    FactoryData: _from_factory,
+}
+
+
+def load_split(recipe: Recipe, split: str) -> Examples:
+    """The ``data.<split>`` examples of a recipe; an absent or empty split is an error."""
+    spec = getattr(recipe.data, split)
+    key = f"data.{split}"
+    if spec is None:
+        raise DataError(f"{key}: this command needs a {split} split; add it to the recipe")
+    examples = LOADERS[type(spec)](spec, recipe, key)
+    if len(examples) == 0:
+        raise DataError(f"{key}: no examples")
+    return examples

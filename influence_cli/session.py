@@ -1,0 +1,142 @@
+"""A loaded audit: model, checkpoints, data, loss and layers, ready for the gradient passes.
+
+:meth:`Session.from_recipe` does all loading and validation up front, so that a bad recipe fails
+in seconds with a one-line message, before any long pass starts. Each checkpoint file is read
+once; its weights stay on the device for the whole run (C copies of the weights).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from influence_cli.errors import DataError
+from influence_cli.gradients.layers import ParamLayout, select_parameters
+from influence_cli.gradients.per_example import Inputs, PerExampleGradients, call_model
+from influence_cli.loading.checkpoints import fit_to_model, list_checkpoints, load_checkpoint
+from influence_cli.loading.data import Examples, load_split
+from influence_cli.loading.models import build_model, resolve_device
+from influence_cli.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
+from influence_cli.recipe import Recipe
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What reports say about a checkpoint."""
+
+    path: Path
+    learning_rate: float
+    sha256: str
+
+    def to_dict(self) -> dict[str, object]:
+        return {"path": str(self.path), "learning_rate": self.learning_rate, "sha256": self.sha256}
+
+
+@dataclass
+class Session:
+    """Everything a gradient pass needs. Build it with :meth:`from_recipe`."""
+
+    recipe: Recipe
+    model: nn.Module
+    device: torch.device
+    dtype: torch.dtype
+    checkpoints: list[CheckpointInfo]
+    weights: list[dict[str, torch.Tensor]]
+    train: Examples
+    test: Examples | None
+    loss_fn: LossFn
+    layout: ParamLayout
+    gradients: PerExampleGradients = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gradients = PerExampleGradients(self.model, self.layout, self.loss_fn)
+
+    @classmethod
+    def from_recipe(cls, recipe: Recipe, *, need_test: bool = False) -> "Session":
+        """Load and validate everything the recipe names. Raises :class:`InfluenceError` subclasses."""
+        device = resolve_device(recipe.device)
+        dtype = _DTYPES[recipe.dtype]
+        model = build_model(recipe).to(dtype=dtype).eval()
+        layout = select_parameters(model, recipe.layers)
+        loss_fn = resolve_loss(recipe)
+        infos, weights = [], []
+        for ref in list_checkpoints(recipe):
+            ckpt = load_checkpoint(ref, trust=recipe.trust_checkpoints)
+            state = fit_to_model(model, ckpt, ref.where)
+            weights.append({k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
+                            for k, v in state.items()})
+            infos.append(CheckpointInfo(ref.path, ckpt.learning_rate, ckpt.sha256))
+        model = model.to(device)
+        train = load_split(recipe, "train")
+        test = load_split(recipe, "test") if (need_test or recipe.data.test is not None) else None
+        session = cls(recipe, model, device, dtype, infos, weights, train, test, loss_fn, layout)
+        for split in (train, test):
+            if split is not None:
+                session._check_split(split)
+        return session
+
+    @property
+    def learning_rates(self) -> list[float]:
+        return [c.learning_rate for c in self.checkpoints]
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.recipe.loss in CLASSIFICATION_LOSSES
+
+    def to_device(self, inputs: Inputs, labels: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
+        """Move a batch to the device: floating inputs and regression targets take the run's dtype,
+        class labels become integers."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(self.device, non_blocking=True)
+            return t.to(self.dtype) if t.is_floating_point() else t
+
+        inputs = {k: move(v) for k, v in inputs.items()} if isinstance(inputs, dict) else move(inputs)
+        labels = move(labels)
+        return inputs, (labels.long() if self.is_classifier else labels)
+
+    @torch.no_grad()
+    def outputs(self, examples: Examples, indices: torch.Tensor, checkpoint: int = -1) -> torch.Tensor:
+        """Model outputs f_θc(x) for ``indices`` at ``checkpoint`` (default: the final one)."""
+        parts = []
+        for _, x, y in examples.batches(self.recipe.batch_size, indices):
+            x, _ = self.to_device(x, y)
+            parts.append(call_model(self.model, self.weights[checkpoint], x))
+        return torch.cat(parts)
+
+    def predict(self, examples: Examples, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(predicted class, its probability) at the final checkpoint, for a classifier."""
+        probs = self.outputs(examples, indices).softmax(dim=1)
+        prob, label = probs.max(dim=1)
+        return label.cpu(), prob.cpu()
+
+    def _check_split(self, examples: Examples) -> None:
+        """Fail early on inputs the model rejects and labels it cannot take."""
+        x, y = examples.batch(torch.arange(min(2, len(examples))))
+        x, y = self.to_device(x, y)
+        try:
+            with torch.no_grad():
+                out = call_model(self.model, self.weights[-1], x)
+        except Exception as exc:
+            shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{examples.name}: the model rejects inputs of shape {shape}: {first}") from None
+        if not self.is_classifier:
+            return
+        labels = examples.labels
+        if labels.is_floating_point():
+            if not torch.equal(labels, labels.round()):
+                raise DataError(f"{examples.name}: labels must be class indices for {self.recipe.loss}, "
+                                f"got non-integer values")
+        if out.dim() != 2:
+            raise DataError(f"{examples.name}: {self.recipe.loss} needs model outputs of shape [B, classes], "
+                            f"got {tuple(out.shape)}")
+        bad = ((labels < 0) | (labels >= out.shape[1])).nonzero()
+        if len(bad):
+            i = int(bad[0])
+            raise DataError(f"{examples.name}: label {labels[i].item():g} of example {i} is out of range "
+                            f"for a model with {out.shape[1]} outputs")
