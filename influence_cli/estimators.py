@@ -44,8 +44,9 @@ class Method(str, Enum):
         return self.value
 
 
-def layer_weights(sq_norms: torch.Tensor, method: Method) -> torch.Tensor:
+def layer_weights(sq_norms: torch.Tensor, method: Method | str) -> torch.Tensor:
     """w_l for every example and layer from the layer squared norms ‖g^l‖² ([B, L] → [B, L])."""
+    method = Method(method)
     if method is Method.TRACIN:
         return torch.ones_like(sq_norms)
     norms = sq_norms.sum(1, keepdim=True).expand_as(sq_norms) if method is Method.GAS else sq_norms
@@ -53,6 +54,7 @@ def layer_weights(sq_norms: torch.Tensor, method: Method) -> torch.Tensor:
     return torch.where(norms > 0, 1.0 / norms.clamp_min(torch.finfo(norms.dtype).tiny), torch.zeros_like(norms))
 
 
-def self_influence_term(sq_norms: torch.Tensor, method: Method) -> torch.Tensor:
+
+def self_influence_term(sq_norms: torch.Tensor, method: Method | str) -> torch.Tensor:
     """One checkpoint's Σ_l w_l² ‖g^l‖² for each example ([B, L] → [B]), before η_c."""
     return (layer_weights(sq_norms, method).pow(2) * sq_norms).sum(1)

@@ -1,0 +1,104 @@
+"""Checkpoint formats, learning rates (explicit and ``auto``), prefixes, glob order, fitting to the model."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+import torch
+
+from conftest import random_state, save_checkpoint
+from influence_cli import Session, load_recipe
+from influence_cli.loading.checkpoints import fit_to_model, list_checkpoints, load_checkpoint
+from influence_cli.recipe import parse_recipe
+
+
+def _recipe(tmp_path, checkpoints):
+    return parse_recipe({"model": {"factory": "x.py:f"}, "checkpoints": checkpoints,
+                         "data": {"train": {"format": "tensors", "path": "t.pt"}}}, base_dir=tmp_path)
+
+
+def _load_one(tmp_path, path, learning_rate):
+    (ref,) = list_checkpoints(_recipe(tmp_path, [{"path": path.name, "learning_rate": learning_rate}]))
+    return load_checkpoint(ref)
+
+
+def _assert_same(state, expected):
+    assert sorted(state) == sorted(expected)
+    for k in expected:
+        assert torch.equal(state[k], expected[k]), k
+
+
+@pytest.mark.parametrize("fmt, recipe_lr, want_lr", [
+    ("plain", 0.25, 0.25),
+    ("training", "auto", 0.03),      # optimizer_state_dict.param_groups[0].lr
+    ("lr_key", "auto", 0.03),        # {state_dict, learning_rate}
+    ("safetensors", 0.5, 0.5),
+    ("module", 0.125, 0.125),        # DataParallel/DDP "module." prefix stripped
+    ("training", 0.7, 0.7),          # an explicit learning rate wins over the file's
+])
+def test_formats_and_learning_rates(tmp_path, fmt, recipe_lr, want_lr):
+    state = random_state("cnn", torch.Generator().manual_seed(0))
+    path = save_checkpoint(tmp_path / "ck.pt", state, fmt, 0.03)
+    ckpt = _load_one(tmp_path, path, recipe_lr)
+    assert (ckpt.path, ckpt.learning_rate) == (path, want_lr)
+    _assert_same(ckpt.state, state)
+    assert ckpt.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("container, want", [
+    ({"model": "STATE", "lr": 0.2}, 0.2),
+    ({"state_dict": "STATE", "optimizer_states": [{"param_groups": [{"lr": 0.004}, {"lr": 9.0}]}]}, 0.004),
+    ({"model_state_dict": "STATE", "optimizer": {"param_groups": [{"lr": 1}]}}, 1.0),
+    ({"model_state_dict": "STATE", "learning_rate": 0.5, "optimizer_state_dict": {"param_groups": [{"lr": 9.0}]}},
+     0.5),
+])
+def test_auto_learning_rate_sources(tmp_path, container, want):
+    state = random_state("mlp", torch.Generator().manual_seed(1))
+    obj = {k: (state if v == "STATE" else v) for k, v in container.items()}
+    torch.save(obj, tmp_path / "ck.pt")
+    ckpt = _load_one(tmp_path, tmp_path / "ck.pt", "auto")
+    assert ckpt.learning_rate == want
+    _assert_same(ckpt.state, state)
+
+
+def test_module_prefix_kept_unless_on_every_key(tmp_path):
+    state = {"module.a": torch.ones(1), "b": torch.zeros(1)}
+    torch.save(state, tmp_path / "ck.pt")
+    assert list(_load_one(tmp_path, tmp_path / "ck.pt", 1.0).state) == ["module.a", "b"]
+
+
+def test_glob_natural_order_and_learning_rate_list(tmp_path):
+    gen = torch.Generator().manual_seed(2)
+    states = {n: random_state("mlp", gen) for n in (10, 2, 1)}
+    for n, state in states.items():
+        save_checkpoint(tmp_path / f"epoch{n}.pt", state, "plain", 0.0)
+    refs = list_checkpoints(_recipe(tmp_path, {"glob": "epoch*.pt", "learning_rate": [0.3, 0.2, 0.1]}))
+    assert [r.path.name for r in refs] == ["epoch1.pt", "epoch2.pt", "epoch10.pt"]
+    assert [r.learning_rate for r in refs] == [0.3, 0.2, 0.1]
+    assert [r.key for r in refs] == ["checkpoints.glob[0]", "checkpoints.glob[1]", "checkpoints.glob[2]"]
+    single = list_checkpoints(_recipe(tmp_path, {"glob": "epoch*.pt", "learning_rate": 0.5}))
+    assert [r.learning_rate for r in single] == [0.5, 0.5, 0.5]
+    _assert_same(load_checkpoint(refs[2]).state, states[10])
+
+
+def test_session_loads_weights_and_buffers_in_recipe_order(tiny_recipe):
+    """A CNN's BatchNorm running statistics (buffers) come from the checkpoint, cast to the run's dtype;
+    mixed formats in one recipe."""
+    run = tiny_recipe("cnn", learning_rates=(0.5, 0.25, 0.03), formats=["safetensors", "module", "training"])
+    session = Session.from_recipe(load_recipe(run.recipe_path))
+    assert session.learning_rates == [0.5, 0.25, 0.03]
+    assert [c.path.name for c in session.checkpoints] == ["epoch1.safetensors", "epoch2.pt", "epoch3.pt"]
+    for weights, state in zip(session.weights, run.states):
+        assert set(weights) == set(state)
+        for k, v in state.items():
+            assert weights[k].dtype == (torch.float64 if v.is_floating_point() else v.dtype)
+            assert torch.equal(weights[k], v.to(weights[k].dtype)), k
+    assert not torch.equal(session.weights[0]["bn.running_mean"], session.weights[1]["bn.running_mean"])
+
+
+def test_fit_to_model_returns_exactly_the_models_keys(tiny_recipe):
+    run = tiny_recipe("mlp")
+    ckpt = _load_one(run.dir, run.ckpt_paths[0], 1.0)
+    fitted = fit_to_model(run.factory(), ckpt, "here")
+    _assert_same(fitted, run.states[0])
