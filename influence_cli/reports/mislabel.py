@@ -1,0 +1,37 @@
+"""Reports of ``mislabel-detect``: ``mislabels.json`` (the stable interface), ``mislabels.csv``
+and ``summary.md``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from influence_cli.audits.mislabel import MislabelResult
+from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json
+
+_COLUMNS = ("rank", "train_index", "score", "given_label", "suggested_label", "suggested_prob", "flagged")
+
+
+def write_mislabel_reports(result: MislabelResult, out: Path) -> list[Path]:
+    """Write every ``mislabel-detect`` report into ``out``; returns the paths written."""
+    data = result.to_dict()
+    return [
+        write_json(out / "mislabels.json", data),
+        write_csv(out / "mislabels.csv", _COLUMNS, ([e[c] for c in _COLUMNS] for e in data["ranking"])),
+        atomic_write(out / "summary.md", _summary(data)),
+    ]
+
+
+def _summary(data: dict, rows: int = 50) -> str:
+    rule = data["flag_rule"]
+    flagged = [e for e in data["ranking"] if e["flagged"]]
+    changed = sum(e["suggested_label"] != e["given_label"] for e in flagged)
+    lines = [f"# Suspected mislabels ({data['method']})", "",
+             f"{data['n_flagged']} of {data['n_train']} training examples flagged by {rule['description']}; "
+             f"for {changed} of them the final checkpoint prefers another label.", ""]
+    shown = data["ranking"][: max(min(rows, data["n_flagged"]), 10)]
+    lines.append(markdown_table(["rank", "train index", "score", "given", "suggested", "prob", "flagged"],
+                                [(e["rank"], e["train_index"], e["score"], e["given_label"], e["suggested_label"],
+                                  e["suggested_prob"], "yes" if e["flagged"] else "") for e in shown]))
+    if data["n_flagged"] > len(shown):
+        lines.append(f"... and {data['n_flagged'] - len(shown)} more flagged examples in mislabels.csv\n")
+    return "\n".join(lines)
