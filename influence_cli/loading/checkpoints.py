@@ -5,7 +5,11 @@ Formats understood:
 - a plain state dict (``.pt``/``.pth``/``.bin``, every value a tensor);
 - a training dict with ``model_state_dict``, ``state_dict`` or ``model``, optionally with
   ``optimizer_state_dict`` (or ``optimizer``/``optimizer_states``) and ``learning_rate``/``lr``;
-- a ``.safetensors`` state dict.
+- a ``.safetensors`` state dict;
+- a PyTorch Lightning ``.ckpt`` (``state_dict`` and ``optimizer_states``): ``strip_prefix`` keeps
+  the keys of one LightningModule attribute (``model.``) and strips that prefix;
+- the ``checkpoint-<step>/`` folders of a ``transformers.Trainer`` run
+  (:mod:`influence_cli.loading.hf_trainer`).
 
 Files load with ``torch.load(weights_only=True)``; a file that needs pickle is refused unless the
 recipe sets ``trust_checkpoints: true``. A ``module.`` prefix (DataParallel/DDP) is stripped.
@@ -25,7 +29,7 @@ import torch
 from torch import nn
 
 from influence_cli.errors import CheckpointError, RecipeError
-from influence_cli.recipe import CheckpointGlob, Recipe
+from influence_cli.recipe import CheckpointGlob, HFTrainerCheckpoints, Recipe
 
 _STATE_KEYS = ("model_state_dict", "state_dict", "model")
 _OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states")
@@ -38,6 +42,7 @@ class CheckpointRef:
     path: Path
     learning_rate: float | str
     key: str  # the recipe key, for error messages
+    strip_prefix: str | None = None
 
     @property
     def where(self) -> str:
@@ -61,8 +66,12 @@ def _natural_key(path: str) -> list[Any]:
 def list_checkpoints(recipe: Recipe) -> list[CheckpointRef]:
     """The recipe's checkpoints in order; a glob is expanded in natural order (2 before 10)."""
     spec = recipe.checkpoints
+    if isinstance(spec, HFTrainerCheckpoints):
+        from influence_cli.loading.hf_trainer import list_trainer_checkpoints
+
+        return list_trainer_checkpoints(spec, recipe)
     if not isinstance(spec, CheckpointGlob):
-        refs = [CheckpointRef(recipe.resolve(c.path), c.learning_rate, f"checkpoints[{i}]")
+        refs = [CheckpointRef(recipe.resolve(c.path), c.learning_rate, f"checkpoints[{i}]", c.strip_prefix)
                 for i, c in enumerate(spec)]
     else:
         paths = sorted(globlib.glob(str(recipe.resolve(spec.glob))), key=_natural_key)
@@ -75,7 +84,8 @@ def list_checkpoints(recipe: Recipe) -> list[CheckpointRef]:
                                   f"{len(paths)} checkpoints matching {spec.glob!r}")
         else:
             rates = [rates] * len(paths)
-        refs = [CheckpointRef(Path(p), lr, f"checkpoints.glob[{i}]") for i, (p, lr) in enumerate(zip(paths, rates))]
+        refs = [CheckpointRef(Path(p), lr, f"checkpoints.glob[{i}]", spec.strip_prefix)
+                for i, (p, lr) in enumerate(zip(paths, rates))]
     for ref in refs:
         if not ref.path.is_file():
             raise CheckpointError(f"{ref.where}: file not found")
@@ -94,7 +104,10 @@ def _read(ref: CheckpointRef, trust: bool) -> Any:
         return torch.load(ref.path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if trust:
-            raise CheckpointError(f"{ref.where}: cannot unpickle: {exc}") from None
+            raise CheckpointError(f"{ref.where}: cannot unpickle: {str(exc).splitlines()[0]}") from None
+        if "Unsupported global" not in str(exc):  # corrupt or not a checkpoint: pickle would not help
+            raise CheckpointError(f"{ref.where}: not a readable PyTorch checkpoint (corrupt or another "
+                                  "format)") from None
         raise CheckpointError(
             f"{ref.where}: the file needs pickle to load, which can run code; set "
             "`trust_checkpoints: true` in the recipe if you trust it") from None
@@ -128,6 +141,16 @@ def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, t
     return dict(state)
 
 
+def _select_prefix(state: Mapping[str, torch.Tensor], prefix: str, where: str) -> dict[str, torch.Tensor]:
+    """The keys starting with ``prefix``, stripped; other keys (other attributes of a
+    LightningModule, e.g. a loss's buffers) are dropped. No key with the prefix is an error."""
+    kept = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    if not kept:
+        raise CheckpointError(f"{where}: strip_prefix {prefix!r} matches no state-dict key "
+                              f"(keys look like {next(iter(state))!r})")
+    return kept
+
+
 def file_sha256(path: Path) -> str:
     """Content hash of a checkpoint file (what caches and reports key checkpoints by)."""
     digest = hashlib.sha256()
@@ -156,6 +179,8 @@ def load_checkpoint(ref: CheckpointRef, *, trust: bool = False) -> Checkpoint:
         if lr is None:
             raise CheckpointError(f"{ref.where}: learning_rate is auto but the file has no "
                                   "learning_rate/lr key or optimizer state; set learning_rate in the recipe")
+    if ref.strip_prefix:
+        state = _select_prefix(state, ref.strip_prefix, ref.where)
     return Checkpoint(ref.path, float(lr), _strip_prefix(state, "module."), file_sha256(ref.path))
 
 

@@ -2,7 +2,12 @@
 
 An :class:`Examples` holds N examples and hands out batches by index: ``batch(idx)`` returns
 ``(inputs, labels)`` where ``inputs`` is a tensor or a dict of tensors (e.g. token ids and an
-attention mask) with a leading batch dimension.
+attention mask) with a leading batch dimension. ``describe(i)`` gives reports a short text for
+example ``i`` (its text, its image path) under the JSON key ``describe_key``, or ``None``.
+
+Formats beyond ``tensors`` and ``factory`` live in their own modules, imported only when used:
+``jsonl``/``csv`` in :mod:`influence_cli.loading.transformers`, ``imagefolder``/``torchvision`` in
+:mod:`influence_cli.loading.vision`.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from torch.utils.data import Dataset, default_collate
 
 from influence_cli.errors import DataError
 from influence_cli.loading.imports import import_callable
-from influence_cli.recipe import FactoryData, Recipe, TensorsData
+from influence_cli.recipe import FactoryData, ImageFolderData, Recipe, TensorsData, TextData, TorchvisionData
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
 
@@ -25,9 +30,19 @@ class Examples:
     """N examples with labels, batched by index. Subclasses implement ``__len__`` and ``_fetch``."""
 
     name: str
+    describe_key: str = "description"
 
     def __len__(self) -> int:
         raise NotImplementedError
+
+    def describe(self, i: int) -> str | None:
+        """A short human-readable description of example ``i`` for reports, or ``None``."""
+        return None
+
+    def description(self, i: int) -> dict[str, str]:
+        """``{describe_key: describe(i)}`` for a report entry; ``{}`` when there is nothing to show."""
+        text = self.describe(i)
+        return {} if text is None else {self.describe_key: text}
 
     def _fetch(self, idx: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
         raise NotImplementedError
@@ -85,9 +100,18 @@ class DatasetExamples(Examples):
     collate: Callable[[list[Any]], Any] = default_collate
     name: str = "data"
     _labels: torch.Tensor | None = field(default=None, repr=False)
+    describe_key = "path"
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
+
+    def describe(self, i: int) -> str | None:
+        """The file of example ``i`` when the dataset lists ``samples`` as (path, label) pairs
+        (torchvision ``ImageFolder``/``DatasetFolder``)."""
+        samples = getattr(self.dataset, "samples", None)
+        if isinstance(samples, list) and i < len(samples) and isinstance(samples[i], tuple):
+            return str(samples[i][0])
+        return None
 
     @property
     def labels(self) -> torch.Tensor:
@@ -147,9 +171,30 @@ def _from_factory(spec: FactoryData, recipe: Recipe, key: str) -> Examples:
     raise DataError(f"{key}.factory: returned {type(out).__name__}; expected a Dataset or (inputs, labels)")
 
 
+def _from_text(spec: TextData, recipe: Recipe, key: str) -> Examples:
+    from influence_cli.loading.transformers import load_text
+
+    return load_text(spec, recipe, key)
+
+
+def _from_imagefolder(spec: ImageFolderData, recipe: Recipe, key: str) -> Examples:
+    from influence_cli.loading.vision import load_imagefolder
+
+    return load_imagefolder(spec, recipe, key)
+
+
+def _from_torchvision(spec: TorchvisionData, recipe: Recipe, key: str) -> Examples:
+    from influence_cli.loading.vision import load_torchvision_dataset
+
+    return load_torchvision_dataset(spec, recipe, key)
+
+
 LOADERS: dict[type, Callable[[Any, Recipe, str], Examples]] = {
     TensorsData: _from_tensors,
     FactoryData: _from_factory,
+    TextData: _from_text,
+    ImageFolderData: _from_imagefolder,
+    TorchvisionData: _from_torchvision,
 }
 
 

@@ -11,9 +11,14 @@ from influence_cli.recipe import Recipe
 
 
 def build_model(recipe: Recipe) -> nn.Module:
-    """Instantiate ``recipe.model``. Nothing is downloaded: torchvision models get ``weights=None``."""
+    """Instantiate ``recipe.model``. Nothing is downloaded: torchvision models get ``weights=None``,
+    transformers models are built from their local config."""
     spec = recipe.model
-    if spec.factory:
+    if spec.transformers:
+        from influence_cli.loading.transformers import build_transformers_model
+
+        model = build_transformers_model(recipe)
+    elif spec.factory:
         factory = import_callable(spec.factory, base_dir=recipe.base_dir, key="model.factory")
         try:
             model = factory(**spec.kwargs)
