@@ -1,0 +1,391 @@
+"""``report.html``: one self-contained page a person reads to judge the data.
+
+:func:`write_report` reads what the commands wrote into an output folder DIR and renders
+``DIR/report.html``; each section appears when its file exists:
+
+- ``influence.json`` (``score``): per test example its input, label and prediction, and its top
+  proponents and opponents as a gallery with scores and labels;
+- ``mislabels.json`` (``mislabel-detect``): the top suspects with given vs suggested label, a
+  histogram of the scores with the flag cut, and, when ``ground_truth.json`` lists
+  ``flipped_train_indices``, the recall curve and recall@k / average precision;
+- ``targets.json`` (``target-identify``): every candidate's anomaly score (flagged ones in red)
+  and each flagged target beside its suspects;
+- ``check.json`` (``check``): the verdict, every rule with its value and limit, and the newly
+  flagged examples;
+- ``run.json`` (every command): the recipe, checkpoints with learning rates η_c, timings.
+
+Inputs are re-read through the recorded recipe (:mod:`influence_cli.reports.run_info`) and drawn
+by :mod:`influence_cli.reports.thumbnails`; plots come from :mod:`influence_cli.reports.plots`.
+Everything is inlined (``data:`` URIs, inline CSS, no script), so the file works offline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from html import escape
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import yaml
+
+from influence_cli.errors import DataError, InfluenceError
+from influence_cli.loading.data import Examples, load_split
+from influence_cli.reports import plots
+from influence_cli.reports.files import atomic_write, write_json
+from influence_cli.reports.run_info import read_json_object, read_run_info, recipe_of
+from influence_cli.reports.thumbnails import Thumbnail, thumbnails
+
+REPORT_FILE = "report.html"
+SOURCES = {"checks": "check.json", "influence": "influence.json", "mislabels": "mislabels.json",
+           "targets": "targets.json"}
+GROUND_TRUTH = "ground_truth.json"
+MAX_TESTS = 50        # test examples shown in the influence section
+MAX_SUSPECTS = 50     # rows of the mislabel table
+MAX_CANDIDATES = 200  # rows of the target candidates table
+MAX_TARGETS = 20      # flagged targets shown beside their suspects
+MAX_NEIGHBOURS = 10   # proponents / opponents / suspects shown per example
+
+
+def write_report(out: Path) -> Path:
+    """Render ``out/report.html`` from the reports in ``out``; returns its path."""
+    return atomic_write(out / REPORT_FILE, render_report(out))
+
+
+def write_ground_truth(out: Path, flipped_train_indices: Iterable[int], target_test_indices: Iterable[int] = ()
+                       ) -> Path:
+    """``out/ground_truth.json``: what a run planted (the demo knows), ``{"flipped_train_indices": [...],
+    "target_test_indices": [...]}``; the report then shows recall against it."""
+    return write_json(out / GROUND_TRUTH, {"flipped_train_indices": sorted(int(i) for i in flipped_train_indices),
+                                           "target_test_indices": sorted(int(i) for i in target_test_indices)})
+
+
+def render_report(out: Path) -> str:
+    """The report page as a string (see the module docstring for what it shows)."""
+    if not out.is_dir():
+        raise DataError(f"{out}: no such folder")
+    docs = {name: read_json_object(out / f) for name, f in SOURCES.items() if (out / f).is_file()}
+    if not docs:
+        raise DataError(f"{out}: nothing to report: none of {', '.join(SOURCES.values())} is there")
+    run = read_run_info(out) or {}
+    truth = read_json_object(out / GROUND_TRUTH) if (out / GROUND_TRUTH).is_file() else {}
+    inputs = _Inputs.load(run, docs)
+    inputs.fetch(_wanted(docs))
+    sections = [("overview", "Overview", _overview(docs, inputs, out))]
+    if "checks" in docs:
+        sections.append(("checks", "Checks", _checks(docs["checks"], inputs)))
+    if "influence" in docs:
+        sections.append(("influence", "Influence", _influence(docs["influence"], inputs)))
+    if "mislabels" in docs:
+        sections.append(("mislabels", "Mislabels", _mislabels(docs["mislabels"], inputs, truth)))
+    if "targets" in docs:
+        sections.append(("targets", "Targets", _targets(docs["targets"], inputs, truth)))
+    sections.append(("run", "Run", _run(run, docs)))
+    return _page(out, sections)
+
+
+@dataclass
+class _Inputs:
+    """The train and test splits re-read through the run's recipe, and the thumbnails drawn so far."""
+
+    train: Examples | None = None
+    test: Examples | None = None
+    note: str | None = None  # why inputs are not shown
+    thumbs: dict[str, dict[int, Thumbnail]] = field(default_factory=lambda: {"train": {}, "test": {}})
+
+    @classmethod
+    def load(cls, run: dict[str, Any], docs: dict[str, dict[str, Any]]) -> "_Inputs":
+        fallback = next((d["recipe"] for d in docs.values() if isinstance(d.get("recipe"), dict)), None)
+        try:
+            recipe = recipe_of(run, fallback)
+            test = load_split(recipe, "test") if recipe.data.test is not None else None
+            return cls(load_split(recipe, "train"), test)
+        except InfluenceError as exc:
+            return cls(note=f"inputs not shown: {exc.message}")
+
+    def fetch(self, wanted: dict[str, set[int]]) -> None:
+        for split in ("train", "test"):
+            examples = getattr(self, split)
+            if examples is not None and wanted[split]:
+                self.thumbs[split] = thumbnails(examples, wanted[split])
+
+    def html(self, split: str, index: int) -> str:
+        t = self.thumbs[split].get(int(index))
+        if t is None:
+            return '<div class="thumb none">no input</div>'
+        if t.image is not None:
+            return f'<img class="thumb" src="{t.image}" alt="{split} example {int(index)}">'
+        return f'<div class="thumb text">{escape(t.text or "")}</div>'
+
+
+def _wanted(docs: dict[str, dict[str, Any]]) -> dict[str, set[int]]:
+    """The train and test indices the page shows (thumbnails are drawn for these only)."""
+    train: set[int] = set()
+    test: set[int] = set()
+    for t in docs.get("influence", {}).get("test", [])[:MAX_TESTS]:
+        test.add(t["test_index"])
+        train.update(e["train_index"] for side in ("proponents", "opponents") for e in t[side][:MAX_NEIGHBOURS])
+    train.update(e["train_index"] for e in _ranking(docs.get("mislabels", {}))[:MAX_SUSPECTS])
+    train.update(e["train_index"] for e in docs.get("checks", {}).get("new_flagged", [])[:MAX_SUSPECTS])
+    for t in _flagged_targets(docs.get("targets", {}))[:MAX_TARGETS]:
+        test.add(t["test_index"])
+        train.update(s["train_index"] for s in t.get("suspects", [])[:MAX_NEIGHBOURS])
+    return {"train": train, "test": test}
+
+
+# --- sections -------------------------------------------------------------------------------
+
+def _overview(docs: dict[str, dict[str, Any]], inputs: _Inputs, out: Path) -> str:
+    rows = []
+    if inputs.train is not None:
+        rows.append(("training examples", len(inputs.train)))
+    if inputs.test is not None:
+        rows.append(("test examples", len(inputs.test)))
+    if "checks" in docs:
+        rules = docs["checks"].get("rules", [])
+        rows.append(("checks", f"{'passed' if docs['checks'].get('passed') else 'FAILED'}: "
+                               f"{sum(bool(r.get('passed')) for r in rules)} of {len(rules)} rules pass"))
+    if "influence" in docs:
+        d = docs["influence"]
+        rows.append((f"influence ({d.get('method', '?')})", f"{len(d.get('test', []))} test example(s) explained"))
+    if "mislabels" in docs:
+        r = _ranking(docs["mislabels"])
+        rows.append((f"mislabels ({docs['mislabels'].get('method', '?')})",
+                     f"{sum(bool(e.get('flagged')) for e in r)} flagged of {len(r)} ranked"))
+    if "targets" in docs:
+        t = docs["targets"].get("test", [])
+        rows.append((f"targets ({docs['targets'].get('method', '?')})",
+                     f"{len(_flagged_targets(docs['targets']))} flagged of {len(t)} candidates"))
+    note = f'<p class="note">{escape(inputs.note)}</p>' if inputs.note else ""
+    return _kv(rows) + note + f'<p class="muted">folder: {escape(str(out.resolve()))}</p>'
+
+
+def _checks(doc: dict[str, Any], inputs: _Inputs) -> str:
+    verdict = ('<p class="verdict pass">all checks pass</p>' if doc.get("passed")
+               else '<p class="verdict fail">a check fails</p>')
+    rules = _table(["rule", "passed", "value", "limit", "detail"],
+                   [("rule" if r.get("passed") else "rule flagged",
+                     [r.get("rule"), "yes" if r.get("passed") else _alert("no"), r.get("value"),
+                      r.get("limit"), r.get("detail")]) for r in doc.get("rules", [])])
+    new = doc.get("new_flagged", [])
+    rows = [("", [inputs.html("train", e["train_index"]), e["train_index"], e.get("given_label"),
+                  e.get("suggested_label"), e.get("suggested_prob"), e.get("score")]) for e in new[:MAX_SUSPECTS]]
+    table = (f"<h3>Newly flagged ({len(new)})</h3>" + _table(
+        ["input", "train index", "given", "suggested", "p(suggested)", "score"], rows)) if new else ""
+    return verdict + rules + table
+
+
+def _influence(doc: dict[str, Any], inputs: _Inputs) -> str:
+    tests = doc.get("test", [])
+    parts = [f'<p>Method <b>{escape(str(doc.get("method")))}</b>. Proponents (largest scores) lowered the test '
+             'loss when trained on; opponents (smallest scores) raised it.</p>']
+    for t in tests[:MAX_TESTS]:
+        i = t["test_index"]
+        head = (f'<div class="subject">{inputs.html("test", i)}<div><h3>test example {i}</h3>'
+                + _kv([("label", t.get("label")), ("prediction", t.get("prediction")),
+                       ("loss taken at", t.get("loss_label"))]) + "</div></div>")
+        galleries = "".join(f'<div><h4>{side}</h4>{_gallery(t.get(side, []), inputs)}</div>'
+                            for side in ("proponents", "opponents"))
+        parts.append(f'<article class="test" id="test-{i}">{head}<div class="sides">{galleries}</div></article>')
+    if len(tests) > MAX_TESTS:
+        parts.append(f'<p class="muted">… and {len(tests) - MAX_TESTS} more test examples in influence.json</p>')
+    return "".join(parts)
+
+
+def _mislabels(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> str:
+    ranking = _ranking(doc)
+    flagged = [e for e in ranking if e.get("flagged")]
+    extra = [(k, v) for k, v in doc.items() if k not in ("n_train", "n_flagged") and _is_scalar(v)]
+    rule = doc.get("flag_rule")
+    extra += [("flag rule", rule["description"])] if isinstance(rule, dict) and "description" in rule else []
+    parts = [_kv([("ranked", len(ranking)), ("flagged", len(flagged)), *extra])]
+    scores = [e["score"] for e in ranking if _finite(e.get("score"))]
+    if scores:
+        cut = doc.get("threshold") if _finite(doc.get("threshold")) else (
+            min(e["score"] for e in flagged) if flagged else None)
+        parts.append(_plot(plots.score_histogram(scores, cut, "mislabel score"), "histogram of mislabel scores"))
+    flipped = {int(i) for i in truth.get("flipped_train_indices", [])}
+    if flipped:
+        n_total = len(inputs.train) if inputs.train is not None else len(ranking)
+        parts.append(_recall(ranking, flipped, n_total, len(flagged)))
+    header = ["rank", "input", "train index", "given", "suggested", "p(suggested)", "score", "flagged"]
+    header += ["flipped (truth)"] if flipped else []
+    rows = []
+    for e in ranking[:MAX_SUSPECTS]:
+        cells = [e.get("rank"), inputs.html("train", e["train_index"]), e["train_index"], e.get("given_label"),
+                 e.get("suggested_label"), e.get("suggested_prob"), e.get("score"), _yes(e.get("flagged"))]
+        cells += [_yes(e["train_index"] in flipped)] if flipped else []
+        rows.append(("suspect flagged" if e.get("flagged") else "suspect", cells))
+    parts.append(f"<h3>Top {len(rows)} suspects</h3>" + _table(header, rows))
+    return "".join(parts)
+
+
+def _recall(ranking: Sequence[dict[str, Any]], flipped: set[int], n_total: int, n_flagged: int) -> str:
+    """Recall curve and recall@k: with P flipped labels, found(k) of them in the top k,
+    recall@k = found(k) / P (k = round(fraction · N), as the demo prints) and average precision AP = (1/P) Σ_{k: top-k's k-th is flipped} found(k)/k."""
+    found, hits, ap = [], 0, 0.0
+    for k, e in enumerate(ranking, start=1):
+        if e["train_index"] in flipped:
+            hits += 1
+            ap += hits / k
+        found.append(hits)
+    p = len(flipped)
+    rows: list[tuple[str, Any]] = [("flipped labels (ground truth)", p)]
+    for frac in (0.05, 0.1, 0.2):
+        k = min(len(found), max(1, round(frac * n_total)))
+        if k:
+            rows.append((f"recall in top {frac:.0%} ({k})", f"{found[k - 1] / p:.3f}"))
+    if n_flagged:
+        rows.append(("precision / recall of the flagged",
+                     f"{found[n_flagged - 1] / n_flagged:.3f} / {found[n_flagged - 1] / p:.3f}"))
+    rows.append(("average precision", f"{ap / p:.3f}"))
+    return ('<h3>Recall against ground truth</h3><div class="row">'
+            + _plot(plots.recall_curve(found, p, n_total, n_flagged), "recall curve") + _kv(rows) + "</div>")
+
+
+def _targets(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> str:
+    cands = sorted(doc.get("test", []), key=lambda t: t.get("rank", math.inf))
+    flagged = _flagged_targets(doc)
+    real = {int(i) for i in truth.get("target_test_indices", [])}
+    extra = [(k, v) for k, v in doc.items() if not k.startswith("n_") and _is_scalar(v)]
+    parts = [_kv([("candidates", len(cands)), ("flagged", len(flagged)), *extra])]
+    if cands:
+        parts.append(_plot(plots.anomaly_bars([t.get("anomaly_score", 0.0) for t in cands],
+                                              [bool(t.get("flagged")) for t in cands],
+                                              [str(t["test_index"]) for t in cands]), "anomaly scores"))
+    for t in flagged[:MAX_TARGETS]:
+        i = t["test_index"]
+        head = (f'<div class="subject">{inputs.html("test", i)}<div><h3>flagged target: test example {i}</h3>'
+                + _kv([("anomaly score", t.get("anomaly_score")), ("rank", t.get("rank")),
+                       ("prediction", t.get("prediction"))]) + "</div></div>")
+        parts.append(f'<article class="target" id="target-{i}">{head}<h4>suspects</h4>'
+                     f'{_gallery(t.get("suspects", []), inputs)}</article>')
+    header = ["rank", "test index", "anomaly score", "prediction", "flagged"] + (["target (truth)"] if real else [])
+    rows = [("candidate flagged" if t.get("flagged") else "candidate",
+             [t.get("rank"), t["test_index"], t.get("anomaly_score"), t.get("prediction"), _yes(t.get("flagged"))]
+             + ([_yes(t["test_index"] in real)] if real else [])) for t in cands[:MAX_CANDIDATES]]
+    parts.append("<h3>All candidates</h3>" + _table(header, rows))
+    return "".join(parts)
+
+
+def _run(run: dict[str, Any], docs: dict[str, dict[str, Any]]) -> str:
+    first = next(iter(docs.values()))
+    recipe = run.get("recipe") or first.get("recipe") or {}
+    checkpoints = run.get("checkpoints") or next((d["checkpoints"] for d in docs.values() if d.get("checkpoints")), [])
+    parts = [_kv([("influence-cli", run.get("version", "?")), ("recipe file", run.get("recipe_path") or "?")])]
+    if checkpoints:
+        parts.append("<h3>Checkpoints</h3>" + _table(
+            ["#", "path", "learning rate η_c", "sha256"],
+            [("", [c, e.get("path"), e.get("learning_rate"), str(e.get("sha256", ""))[:12]])
+             for c, e in enumerate(checkpoints)]))
+    commands = run.get("commands", {})
+    if commands:
+        rows = []
+        for name, c in commands.items():
+            tasks = "; ".join(f'{t["task"]}: {t["total"]} in {t["seconds"]:.2f} s' for t in c.get("tasks", []))
+            rows.append(("", [name, c.get("finished"), f'{c.get("seconds", 0):.2f} s', tasks]))
+        parts.append("<h3>Timings</h3>" + _table(["command", "finished (UTC)", "wall time", "passes"], rows))
+    parts.append("<h3>Recipe</h3><pre>" + escape(yaml.safe_dump(recipe, sort_keys=False)) + "</pre>")
+    return "".join(parts)
+
+
+# --- small HTML pieces -------------------------------------------------------------------------
+
+def _gallery(entries: Sequence[dict[str, Any]], inputs: _Inputs) -> str:
+    if not entries:
+        return '<p class="muted">none</p>'
+    items = [f'<figure class="example">{inputs.html("train", e["train_index"])}<figcaption>'
+             f'#{e["train_index"]} · label {escape(_fmt(e.get("label")))}<br>score {escape(_fmt(e.get("score")))}'
+             "</figcaption></figure>" for e in entries[:MAX_NEIGHBOURS]]
+    return '<div class="gallery">' + "".join(items) + "</div>"
+
+
+def _table(header: Sequence[str], rows: Iterable[tuple[str, Sequence[Any]]]) -> str:
+    """Rows are (css class, cells); a cell that is already HTML (a thumbnail) starts with '<'."""
+    head = "".join(f"<th>{escape(h)}</th>" for h in header)
+    body = "".join(f'<tr class="{cls}">' + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>"
+                   if cls else "<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>"
+                   for cls, cells in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _kv(rows: Sequence[tuple[str, Any]]) -> str:
+    return '<dl class="kv">' + "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(_fmt(v))}</dd>" for k, v in rows) + "</dl>"
+
+
+def _plot(uri: str, alt: str) -> str:
+    return f'<figure class="plot"><img src="{uri}" alt="{escape(alt)}"></figure>'
+
+
+def _cell(value: Any) -> str:
+    return value if isinstance(value, str) and value.startswith("<") else escape(_fmt(value))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _yes(value: Any) -> str:
+    return _alert("yes") if value else "no"
+
+
+def _alert(text: str) -> str:
+    return f'<span class="alert">{escape(text)}</span>'
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float, bool)) or value is None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _ranking(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted(doc.get("ranking", []), key=lambda e: e.get("rank", math.inf))
+
+
+def _flagged_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return sorted((t for t in doc.get("test", []) if t.get("flagged")), key=lambda t: t.get("rank", math.inf))
+
+
+def _page(out: Path, sections: Sequence[tuple[str, str, str]]) -> str:
+    nav = "".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{content}</section>' for sid, title, content in sections)
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>influence-cli report: {escape(out.resolve().name)}</title><style>{_CSS}</style></head>"
+            f'<body><header><h1>influence-cli report</h1><p class="muted">{when}</p><nav>{nav}</nav></header>'
+            f"<main>{body}</main></body></html>\n")
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#222;background:#fafafa}
+header{background:#1f3b57;color:#fff;padding:12px 24px}header h1{margin:0;font-size:1.4em}
+header .muted{color:#c9d6e3}nav a{color:#fff;margin-right:16px;text-decoration:none;font-weight:600}
+main{padding:8px 24px;max-width:1200px}section{margin:24px 0}h2{border-bottom:2px solid #1f3b57}
+.muted{color:#777}.note{background:#fff3cd;padding:6px 10px;border-radius:4px}
+dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:8px 0}dl.kv dt{color:#555}
+dl.kv dd{margin:0;font-weight:600}
+article{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 14px;margin:12px 0}
+.subject{display:flex;gap:16px;align-items:flex-start}.subject h3{margin:0 0 4px}
+.sides{display:flex;flex-wrap:wrap;gap:8px 40px}h4{margin:8px 0 4px}
+.gallery{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}
+figure.example{width:96px;font-size:11px;text-align:center}
+img.thumb{width:64px;height:64px;object-fit:contain;image-rendering:pixelated;border:1px solid #ccc;background:#000}
+td img.thumb{width:40px;height:40px}
+div.thumb{width:88px;max-height:64px;overflow:hidden;font:10px monospace;border:1px solid #ccc;padding:2px;
+ text-align:left;word-break:break-all;background:#fff}
+div.thumb.none{color:#999;text-align:center}
+figure.plot img{max-width:100%}.row{display:flex;gap:24px;align-items:center;flex-wrap:wrap}
+table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border-bottom:1px solid #ddd;padding:3px 8px;
+ text-align:left;vertical-align:middle}th{background:#eef2f6}tr.flagged td{background:#fdecea}
+.alert{color:#c0392b;font-weight:700}.verdict{font-size:1.2em;font-weight:700;padding:6px 10px;border-radius:4px}
+.verdict.pass{background:#e3f4e8;color:#1e7b3c}.verdict.fail{background:#fdecea;color:#c0392b}pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto}
+"""

@@ -1,0 +1,99 @@
+"""Thumbnails of examples for the HTML report, made from the dataset's own inputs.
+
+An input is drawn as an image when it looks like one: a 2-D tensor (H×W), or 1×H×W / 3×H×W
+(channels first). Each image is min–max scaled to [0, 1] on its own, x ↦ (x − min) / (max − min),
+and inlined as a PNG ``data:`` URI. Anything else (feature vectors, token ids, dicts of tensors)
+becomes a short text.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from influence_cli.loading.data import Examples, Inputs
+
+MAX_VALUES = 16  # values shown of a non-image input
+
+
+@dataclass(frozen=True)
+class Thumbnail:
+    """One example's picture (``image``: a PNG data URI) or, when it is not an image, ``text``."""
+
+    image: str | None = None
+    text: str | None = None
+
+
+def thumbnails(examples: Examples, indices: Iterable[int], batch_size: int = 256) -> dict[int, Thumbnail]:
+    """Thumbnails of the examples at ``indices`` (each fetched once, in batches)."""
+    wanted = sorted({int(i) for i in indices if 0 <= int(i) < len(examples)})
+    out: dict[int, Thumbnail] = {}
+    for start in range(0, len(wanted), batch_size):
+        idx = torch.tensor(wanted[start:start + batch_size], dtype=torch.long)
+        inputs, _ = examples.batch(idx)
+        for row, i in enumerate(idx.tolist()):
+            out[i] = thumbnail(_row(inputs, row))
+    return out
+
+
+def thumbnail(x: torch.Tensor | dict[str, torch.Tensor]) -> Thumbnail:
+    """A single example's thumbnail (no batch dimension)."""
+    if isinstance(x, dict):
+        return Thumbnail(text=_dict_text(x))
+    picture = as_image(x)
+    if picture is not None:
+        return Thumbnail(image=png_data_uri(picture))
+    return Thumbnail(text=_values_text(x))
+
+
+def as_image(x: torch.Tensor) -> np.ndarray | None:
+    """``x`` as an H×W or H×W×3 array in [0, 1] when it is an image, else ``None``."""
+    if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.dtype == torch.uint8):
+        return None
+    if x.dim() == 3 and x.shape[0] in (1, 3):
+        x = x[0] if x.shape[0] == 1 else x.permute(1, 2, 0)
+    elif x.dim() != 2:
+        return None
+    if min(x.shape[:2]) < 2:
+        return None
+    a = x.detach().to(torch.float64).cpu().numpy()
+    lo, hi = float(a.min()), float(a.max())
+    return np.full_like(a, 0.5) if hi <= lo or not np.isfinite(hi - lo) else (a - lo) / (hi - lo)
+
+
+def png_data_uri(picture: np.ndarray) -> str:
+    """A PNG ``data:`` URI of an H×W (grey) or H×W×3 array in [0, 1]."""
+    from matplotlib.image import imsave
+
+    buf = io.BytesIO()
+    imsave(buf, picture, cmap="gray", vmin=0.0, vmax=1.0, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _row(inputs: Inputs, row: int) -> torch.Tensor | dict[str, torch.Tensor]:
+    return {k: v[row] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[row]
+
+
+def _values_text(x: torch.Tensor) -> str:
+    flat = x.detach().flatten().cpu()
+    shown = " ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in flat[:MAX_VALUES].tolist())
+    more = f" … ({flat.numel()} values, shape {tuple(x.shape)})" if flat.numel() > MAX_VALUES else ""
+    return shown + more
+
+
+def _dict_text(x: dict[str, torch.Tensor]) -> str:
+    """Token ids and other fields; positions with ``attention_mask == 0`` (padding) are dropped."""
+    mask = x.get("attention_mask")
+    parts = []
+    for key, value in x.items():
+        if "mask" in key or "token_type" in key:
+            continue
+        if mask is not None and value.shape == mask.shape:
+            value = value[mask.bool()]
+        parts.append(f"{key}: {_values_text(value)}")
+    return "; ".join(parts)
