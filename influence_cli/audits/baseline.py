@@ -1,0 +1,110 @@
+"""The check baseline: flagged training examples a team has accepted, keyed by a stable id.
+
+An example's id is ``sha256(inputs ‖ label)[:16]`` (hex) over the example's own content: every
+input tensor's name, dtype, shape and raw bytes, then its label as JSON. It does not depend on the
+example's position, so reordering or appending data keeps every id; changing an input or fixing a
+label gives a new id. Identical duplicates share an id (accepting one accepts all of them).
+
+The file (meant to be committed beside the recipe) is small, sorted JSON whose diff shows exactly
+which accepted examples came and went::
+
+    {"format": "influence-cli-baseline", "version": 1, "id": "sha256(inputs, label)[:16]",
+     "method": <mislabel method>, "entries": [{"id", "label"}, ...]}     # sorted by id
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from influence_cli.errors import DataError
+from influence_cli.loading.data import Examples, Inputs
+from influence_cli.reports.files import write_json
+
+FORMAT = "influence-cli-baseline"
+VERSION = 1
+ID_CHARS = 16
+
+
+def _tensor_bytes(name: str, t: torch.Tensor) -> bytes:
+    t = t.detach().cpu().contiguous()
+    header = f"{name}|{t.dtype}|{tuple(t.shape)}|".encode()
+    return header + t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def example_id(inputs: Inputs, label: Any) -> str:
+    """The stable id of one example (``inputs`` without a batch dimension, ``label`` as JSON data)."""
+    h = hashlib.sha256()
+    items = sorted(inputs.items()) if isinstance(inputs, dict) else [("inputs", inputs)]
+    for name, t in items:
+        h.update(_tensor_bytes(name, t))
+    h.update(b"label|" + json.dumps(label).encode())
+    return h.hexdigest()[:ID_CHARS]
+
+
+def example_ids(examples: Examples, indices: Sequence[int]) -> dict[int, str]:
+    """Stable ids of the examples at ``indices``. Each example is read as a batch of one, so an
+    input padded per batch (dynamic padding of text) carries no other example's padding."""
+    ids: dict[int, str] = {}
+    for i in indices:
+        x, y = examples.batch(torch.tensor([int(i)]))
+        one = {k: v[0] for k, v in x.items()} if isinstance(x, dict) else x[0]
+        ids[int(i)] = example_id(one, _label(y[0]))
+    return ids
+
+
+def _label(y: torch.Tensor) -> Any:
+    """A label as JSON data; an integer-valued float (a class index stored as float) is an int, so
+    the id does not depend on the label tensor's dtype."""
+    value = y.tolist()
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """Accepted flagged examples: id → entry (``{"id", "label"}``)."""
+
+    entries: dict[str, dict[str, Any]]
+    method: str | None = None
+
+    @property
+    def ids(self) -> frozenset[str]:
+        return frozenset(self.entries)
+
+    @classmethod
+    def of(cls, flagged: Iterable[dict[str, Any]], method: str | None = None) -> "Baseline":
+        """A baseline accepting every flagged example (dicts with ``id`` and ``given_label``)."""
+        return cls({e["id"]: {"id": e["id"], "label": e["given_label"]} for e in flagged}, method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, "id": f"sha256(inputs, label)[:{ID_CHARS}]",
+                "method": self.method, "entries": [self.entries[k] for k in sorted(self.entries)]}
+
+    def save(self, path: Path) -> Path:
+        """Write the sorted JSON atomically."""
+        return write_json(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path) -> "Baseline":
+        """Read a baseline file; a missing or malformed file is a one-line :class:`DataError`."""
+        if not path.is_file():
+            raise DataError(f"{path}: baseline file not found; create it with `influence-cli check RECIPE "
+                            "--update-baseline`")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(f"{path}: cannot read the baseline: {exc}") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise DataError(f"{path}: not an influence-cli baseline (no \"format\": \"{FORMAT}\")")
+        if data.get("version") != VERSION:
+            raise DataError(f"{path}: baseline version {data.get('version')!r} is not supported (expected {VERSION})")
+        entries = data.get("entries")
+        if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str)
+                                                    for e in entries):
+            raise DataError(f"{path}: \"entries\" must be a list of {{\"id\", \"label\"}} objects")
+        return cls({e["id"]: e for e in entries}, data.get("method"))

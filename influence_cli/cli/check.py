@@ -1,0 +1,84 @@
+"""``influence-cli check``: the recipe's ``checks:`` rules as a CI gate (exit 0 pass, 1 a rule fails)."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from influence_cli.audits.baseline import Baseline
+from influence_cli.audits.check import check, checks_of, session_for, updated_baseline
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, console, err_console,
+                                      output_dir, progress_for, record_run, run_guarded, without_cache)
+from influence_cli.errors import InfluenceError
+from influence_cli.recipe import load_recipe
+from influence_cli.reports.check import append_step_summary, junit_xml, markdown, text_report, write_check_reports
+from influence_cli.reports.files import atomic_write
+
+
+class Format(str, Enum):
+    """What ``check`` prints on stdout."""
+
+    TEXT = "text"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+def check_command(
+    recipe: RecipeArg,
+    baseline: Annotated[Path | None, typer.Option(
+        "--baseline", help="Baseline JSON of accepted flagged examples (default: the recipe's `checks.baseline`).",
+        rich_help_panel="Baseline")] = None,
+    update_baseline: Annotated[bool, typer.Option(
+        "--update-baseline", help="Accept everything flagged now: rewrite the baseline file, then judge against it.",
+        rich_help_panel="Baseline")] = False,
+    junit: Annotated[Path | None, typer.Option(
+        "--junit", help="Also write JUnit XML here: one test case per rule.", rich_help_panel="Output")] = None,
+    fmt: Annotated[Format, typer.Option(
+        "--format", help="stdout: a table (text), check.json's content (json) or the Markdown summary.",
+        rich_help_panel="Output")] = Format.TEXT,
+    out: OutOpt = None,
+    html: HtmlOpt = False,
+    no_cache: NoCacheOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Evaluate the recipe's `checks:` rules (label errors, attack targets, new flags against a baseline).
+
+    Exit code 0 when every rule passes, 1 when one fails, 2 for a usage or input error.
+    """
+
+    def body() -> bool:
+        r, progress = without_cache(load_recipe(recipe), no_cache), progress_for(quiet or fmt is not Format.TEXT)
+        spec = checks_of(r)
+        path = baseline if baseline is not None else (r.resolve(spec.baseline) if spec.baseline else None)
+        if update_baseline and path is None:
+            raise InfluenceError("--update-baseline: give --baseline FILE or set `checks.baseline` in the recipe")
+        accepted = Baseline.load(path) if path is not None and not update_baseline else None
+        session = session_for(r)
+        result = check(session, baseline=accepted, need_mislabel=update_baseline, progress=progress)
+        written = []
+        if update_baseline:
+            assert path is not None
+            result = result.with_baseline(updated_baseline(result))
+            written.append(result.baseline.save(path))  # type: ignore[union-attr]
+        written += write_check_reports(result, output_dir(r, out))
+        if junit is not None:
+            written.append(atomic_write(junit, junit_xml(result)))
+        summary = append_step_summary(result)
+        if fmt is Format.JSON:
+            typer.echo(json.dumps(result.to_dict(), indent=1))
+        elif fmt is Format.MARKDOWN:
+            typer.echo(markdown(result))
+        elif not quiet:
+            console.print(text_report(result))
+        if summary is not None and not quiet:
+            err_console.print(f"appended the summary to {summary}", highlight=False)
+        record_run(output_dir(r, out), "check", r, progress, checkpoints=session.checkpoints, written=written,
+                   html=html, quiet=quiet or fmt is not Format.TEXT)
+        return result.passed
+
+    if not run_guarded(body):
+        raise typer.Exit(1)
