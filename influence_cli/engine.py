@@ -20,9 +20,10 @@ from dataclasses import dataclass
 
 import torch
 
+from influence_cli import distributed
 from influence_cli.errors import GradientError
 from influence_cli.estimators import Method, layer_weights
-from influence_cli.gradients.per_example import FlatGrads
+from influence_cli.gradients.per_example import GradientBatch
 from influence_cli.loading.data import Examples
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.session import Session
@@ -31,11 +32,11 @@ from influence_cli.topk import StreamingTopK
 
 @dataclass
 class QueryFeatures:
-    """Weighted query gradients w·g_c(z′), one [M, D] block per checkpoint."""
+    """Weighted query gradients w·g_c(z′), one batch of M per checkpoint (flat [M, D] or factorised)."""
 
     indices: torch.Tensor
     labels: torch.Tensor
-    per_checkpoint: list[FlatGrads]
+    per_checkpoint: list[GradientBatch]
 
 
 @dataclass
@@ -47,6 +48,7 @@ class TrainPassResult:
     proponents: tuple[torch.Tensor, torch.Tensor] | None   # ([M, k] scores, [M, k] indices)
     opponents: tuple[torch.Tensor, torch.Tensor] | None
     matrix: torch.Tensor | None                            # [M, N'] when asked for
+    column_best: tuple[torch.Tensor, torch.Tensor] | None = None  # ([N', r] scores, [N', r] query rows)
 
 
 def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
@@ -64,11 +66,15 @@ def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
                                 "check that example's inputs and label")
 
 
-def _weighted(session: Session, method: Method, c: int, x: object, y: torch.Tensor
-              ) -> tuple[FlatGrads, torch.Tensor, torch.Tensor]:
-    """(w·g_c, Σ_l w_l²‖g^l‖², finite flags) for one batch at checkpoint c."""
-    g = session.gradients(session.weights[c], x, y)
-    sq = g.layer_sq_norms()
+def _weighted(session: Session, method: Method, c: int, x: object, y: torch.Tensor,
+              train_idx: torch.Tensor | None = None) -> tuple[GradientBatch, torch.Tensor, torch.Tensor]:
+    """(w·g_c, Σ_l w_l²‖g^l‖², finite flags) for one batch at checkpoint c; a training batch
+    (``train_idx`` given) goes through the session's gradient store."""
+    if train_idx is None:
+        g = session.gradients(session.weights[c], x, y)
+    else:
+        g = session.train_gradients(c, train_idx, x, y)
+    sq = g.layer_sq_norms().to(session.score_dtype)
     w = layer_weights(sq, method)
     return g.scaled(w), (w.pow(2) * sq).sum(1), torch.isfinite(sq).all(1)
 
@@ -92,30 +98,40 @@ def query_features(session: Session, method: Method, indices: torch.Tensor, labe
                     _raise_non_finite(session, session.test, idx, [(c, finite)])
                 parts.append(feats)
                 advance(len(idx))
-            per_checkpoint.append(FlatGrads.cat(parts))
+            per_checkpoint.append(type(parts[0]).cat(parts))
     return QueryFeatures(indices, labels, per_checkpoint)
 
 
 def train_pass(session: Session, method: Method, query: QueryFeatures | None = None, *, k: int = 10,
                keep_matrix: bool = False, indices: torch.Tensor | None = None,
-               progress: Progress | None = None) -> TrainPassResult:
-    """Stream over the training examples ``indices`` (default all), scoring against ``query``."""
+               progress: Progress | None = None, column_best: int = 0) -> TrainPassResult:
+    """Stream over the training examples ``indices`` (default all), scoring against ``query``.
+
+    ``column_best`` = r > 0 also keeps, for every training example, its r largest scores over the
+    query examples and their query rows (``column_best``: [N', r] each; memory N'×r).
+
+    Under ``torchrun`` (W > 1 ranks) each rank streams its shard and every rank gets the merged
+    result: see :mod:`influence_cli.distributed`."""
+    if distributed.sharding():
+        return distributed.train_pass(session, method, query, k=k, keep_matrix=keep_matrix, indices=indices,
+                                      progress=progress, column_best=column_best)
     progress = progress or NoProgress()
     indices = torch.arange(len(session.train)) if indices is None else indices
     m = 0 if query is None else len(query.indices)
     k = min(k, len(indices))
-    top = StreamingTopK(m, k, largest=True, device=session.device, dtype=session.dtype)
-    bottom = StreamingTopK(m, k, largest=False, device=session.device, dtype=session.dtype)
-    self_parts, blocks = [], []
+    top = StreamingTopK(m, k, largest=True, device=session.device, dtype=session.score_dtype)
+    bottom = StreamingTopK(m, k, largest=False, device=session.device, dtype=session.score_dtype)
+    r = min(column_best, m)
+    self_parts, blocks, col_parts = [], [], []
     rates = session.learning_rates
     with progress.task("train gradients", total=len(indices)) as advance:
         for idx, x, y in session.train.batches(session.recipe.batch_size, indices):
             x, y = session.to_device(x, y)
-            block = torch.zeros(m, len(idx), device=session.device, dtype=session.dtype)
-            self_inf = torch.zeros(len(idx), device=session.device, dtype=session.dtype)
+            block = torch.zeros(m, len(idx), device=session.device, dtype=session.score_dtype)
+            self_inf = torch.zeros(len(idx), device=session.device, dtype=session.score_dtype)
             finite = []
             for c, lr in enumerate(rates):
-                feats, self_term, ok = _weighted(session, method, c, x, y)
+                feats, self_term, ok = _weighted(session, method, c, x, y, idx)
                 self_inf += lr * self_term
                 finite.append(ok)
                 if query is not None:
@@ -128,6 +144,9 @@ def train_pass(session: Session, method: Method, query: QueryFeatures | None = N
                 bottom.update(block, cols)
                 if keep_matrix:
                     blocks.append(block.cpu())
+                if r:
+                    best = block.topk(r, dim=0)
+                    col_parts.append((best.values.T.cpu(), best.indices.T.cpu()))
             self_parts.append(self_inf.cpu())
             advance(len(idx))
     cpu = lambda pair: (pair[0].cpu(), pair[1].cpu())  # noqa: E731
@@ -137,4 +156,5 @@ def train_pass(session: Session, method: Method, query: QueryFeatures | None = N
         proponents=cpu(top.result()) if m else None,
         opponents=cpu(bottom.result()) if m else None,
         matrix=torch.cat(blocks, dim=1) if keep_matrix and m else None,
+        column_best=(torch.cat([v for v, _ in col_parts]), torch.cat([i for _, i in col_parts])) if r else None,
     )

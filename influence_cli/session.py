@@ -15,14 +15,18 @@ from torch import nn
 
 from influence_cli.errors import DataError
 from influence_cli.gradients.layers import ParamLayout, select_parameters
-from influence_cli.gradients.per_example import Inputs, PerExampleGradients, call_model
+from influence_cli.gradients.factorized import FactorizedGradients
+from influence_cli.gradients.per_example import (GradientBatch, HalveOnOutOfMemory, Inputs, PerExampleGradients,
+                                                 call_model)
+from influence_cli.gradients.projection import ProjectedGradients
+from influence_cli.gradients.store import GradientStore, store_key
 from influence_cli.loading.checkpoints import fit_to_model, list_checkpoints, load_checkpoint
 from influence_cli.loading.data import Examples, load_split
 from influence_cli.loading.models import build_model, resolve_device
 from influence_cli.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
 from influence_cli.recipe import Recipe
 
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
@@ -51,16 +55,24 @@ class Session:
     test: Examples | None
     loss_fn: LossFn
     layout: ParamLayout
-    gradients: PerExampleGradients = field(init=False)
+    store: GradientStore | None = None
+    gradients: HalveOnOutOfMemory = field(init=False)  # factorised / torch.func / projected, halving on OOM
 
     def __post_init__(self) -> None:
-        self.gradients = PerExampleGradients(self.model, self.layout, self.loss_fn)
+        grads = FactorizedGradients if self.recipe.factorize else PerExampleGradients
+        inner: FactorizedGradients | PerExampleGradients | ProjectedGradients = grads(self.model, self.layout,
+                                                                                      self.loss_fn)
+        if self.recipe.projection is not None:
+            inner = ProjectedGradients(inner, self.recipe.projection.dim, self.recipe.projection.seed)
+        self.gradients = HalveOnOutOfMemory(inner)
 
     @classmethod
     def from_recipe(cls, recipe: Recipe, *, need_test: bool = False) -> "Session":
         """Load and validate everything the recipe names. Raises :class:`InfluenceError` subclasses."""
         device = resolve_device(recipe.device)
         dtype = _DTYPES[recipe.dtype]
+        if device.type == "cuda":  # process-wide switches; off unless the recipe asks
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = recipe.tf32
         model = build_model(recipe).to(dtype=dtype).eval()
         layout = select_parameters(model, recipe.layers)
         loss_fn = resolve_loss(recipe)
@@ -74,11 +86,29 @@ class Session:
         model = model.to(device)
         train = load_split(recipe, "train")
         test = load_split(recipe, "test") if (need_test or recipe.data.test is not None) else None
-        session = cls(recipe, model, device, dtype, infos, weights, train, test, loss_fn, layout)
+        store = GradientStore(recipe.resolve(recipe.cache_dir), store_key(recipe)) if recipe.cache_dir else None
+        session = cls(recipe, model, device, dtype, infos, weights, train, test, loss_fn, layout, store)
         for split in (train, test):
             if split is not None:
                 session._check_split(split)
         return session
+
+    def train_gradients(self, c: int, indices: torch.Tensor, inputs: Inputs, labels: torch.Tensor) -> GradientBatch:
+        """g_c(z) of the training examples ``indices`` (already batched as ``inputs``/``labels``):
+        read from the gradient store when it holds them, else computed (and stored)."""
+        if self.store is None:
+            return self.gradients(self.weights[c], inputs, labels)
+        sha = self.checkpoints[c].sha256
+        grads = self.store.load(sha, indices, self.device)
+        if grads is None:
+            grads = self.gradients(self.weights[c], inputs, labels)
+            self.store.save(sha, indices, grads)
+        return grads
+
+    @property
+    def score_dtype(self) -> torch.dtype:
+        """Precision of the score and self-influence accumulators: float32 for a bfloat16 run."""
+        return torch.float32 if self.dtype == torch.bfloat16 else self.dtype
 
     @property
     def learning_rates(self) -> list[float]:

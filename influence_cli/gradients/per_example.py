@@ -11,13 +11,16 @@ selected parameters, with per-layer column slices from the :class:`ParamLayout`.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
+from influence_cli.errors import GradientError
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.losses import LossFn, model_outputs
 
@@ -31,6 +34,25 @@ def call_model(model: nn.Module, weights: dict[str, torch.Tensor], inputs: Input
     else:
         out = functional_call(model, weights, (inputs,))
     return model_outputs(out)
+
+
+class GradientBatch(Protocol):
+    """What the estimators need from a batch's per-example gradients, whatever their representation
+    (:class:`FlatGrads`, factorised ``LayerGrads``): per-layer squared norms, per-layer scaling,
+    inner products, and ``cat``."""
+
+    layout: ParamLayout
+
+    def __len__(self) -> int: ...
+
+    def layer_sq_norms(self) -> torch.Tensor: ...
+
+    def scaled(self, w: torch.Tensor) -> "GradientBatch": ...
+
+    def dot(self, other: "GradientBatch") -> torch.Tensor: ...
+
+    @staticmethod
+    def cat(parts: list["GradientBatch"]) -> "GradientBatch": ...
 
 
 @dataclass
@@ -102,3 +124,38 @@ class PerExampleGradients:
         per_param = self._grads(selected, rest, inputs, labels)
         g = torch.cat([per_param[n].reshape(len(labels), -1) for n in self.layout.names], dim=1)
         return FlatGrads(g, self.layout)
+
+
+class HalveOnOutOfMemory:
+    """Calls a gradient computer; when a batch runs out of CUDA memory, it is split in halves
+    (recursively), each half computed, and the results concatenated, with one warning. Examples
+    are independent (eval mode), so the result equals the whole batch's. Later batches start
+    at the largest size that fitted."""
+
+    def __init__(self, inner: Callable[[dict[str, torch.Tensor], Inputs, torch.Tensor], GradientBatch]) -> None:
+        self.inner = inner
+        self.max_batch: int | None = None
+
+    def __getattr__(self, name: str) -> Any:  # layout, keep_factors, ... of the wrapped computer
+        if name == "inner":  # not set yet (copy, unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def __call__(self, weights: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor) -> GradientBatch:
+        n = len(labels)
+        if self.max_batch is None or n <= self.max_batch:
+            try:
+                return self.inner(weights, inputs, labels)
+            except torch.cuda.OutOfMemoryError:
+                if n == 1:
+                    raise GradientError("CUDA out of memory for a single example's gradient; select fewer "
+                                        "`layers`, use `projection:`, or run on the CPU") from None
+                self.max_batch = n // 2
+                warnings.warn(f"CUDA out of memory on a batch of {n}; retrying in batches of {n // 2}",
+                              RuntimeWarning, stacklevel=2)
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+        step = self.max_batch
+        parts = [self(weights, tree_map(lambda t: t[i:i + step], inputs), labels[i:i + step])
+                 for i in range(0, n, step)]
+        return type(parts[0]).cat(parts)
