@@ -46,11 +46,11 @@ class InfluenceResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The stable machine-readable layout written to ``influence.json``."""
-        train_labels = self.session.train.labels
-        assert self.passes.proponents is not None and self.passes.opponents is not None
+        train, test = self.session.train, self.session.test
+        assert test is not None and self.passes.proponents is not None and self.passes.opponents is not None
 
         def side(values: torch.Tensor, indices: torch.Tensor) -> list[dict[str, Any]]:
-            return [{"train_index": int(i), "score": float(v), "label": _plain(train_labels[int(i)])}
+            return [{"train_index": i, "score": v, "label": _plain(train.labels[i]), **train.description(i)}
                     for v, i in zip(values.tolist(), indices.tolist())]
 
         tests = []
@@ -60,6 +60,7 @@ class InfluenceResult:
                 "label": _plain(self.given_labels[row]),
                 "prediction": None if self.predictions is None else _plain(self.predictions[row]),
                 "loss_label": _plain(self.loss_labels[row]),
+                **test.description(t),
                 "proponents": side(self.passes.proponents[0][row], self.passes.proponents[1][row]),
                 "opponents": side(self.passes.opponents[0][row], self.passes.opponents[1][row]),
             })

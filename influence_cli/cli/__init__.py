@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from influence_cli.cli.check import check_command
+from influence_cli.cli.demo import demo_command
+from influence_cli.cli.mislabel import mislabel_command
+from influence_cli.cli.report import report_command
 from influence_cli.cli.score import score_command
+from influence_cli.cli.target import target_command
 
 app = typer.Typer(
     name="influence-cli",
@@ -14,6 +19,11 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 app.command("score")(score_command)
+app.command("mislabel-detect")(mislabel_command)
+app.command("demo")(demo_command)
+app.command("report")(report_command)
+app.command("check")(check_command)
+app.command("target-identify")(target_command)
 
 
 def _version(value: bool) -> None:

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from influence_cli.cli.common import (OutOpt, QuietOpt, RecipeArg, TestIndicesOpt, console, echo_written, output_dir,
-                                      parse_indices, progress_for, run_guarded)
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt, console,
+                                      output_dir, parse_indices, progress_for, record_run, run_guarded, without_cache)
 from influence_cli.estimators import Method
 from influence_cli.recipe import load_recipe
 from influence_cli.reports.influence import write_influence_reports
@@ -30,18 +30,21 @@ def score_command(
     save_matrix: Annotated[bool, typer.Option(help="Also write the full test × train matrix (scores.safetensors).",
                                               rich_help_panel="Output")] = False,
     out: OutOpt = None,
+    html: HtmlOpt = False,
     quiet: QuietOpt = False,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Rank the training examples that pushed each test prediction up (proponents) or down (opponents)."""
 
     def body() -> None:
-        r = load_recipe(recipe)
+        r, progress = without_cache(load_recipe(recipe), no_cache), progress_for(quiet)
         result = score(r, method=method, test_indices=parse_indices(test_indices), test_labels=test_labels,
-                       k=top_k, keep_matrix=save_matrix, progress=progress_for(quiet))
+                       k=top_k, keep_matrix=save_matrix, progress=progress)
         written = write_influence_reports(result, output_dir(r, out))
         if not quiet:
             console.print(_table(result))
-        echo_written(written, quiet)
+        record_run(output_dir(r, out), "score", r, progress, checkpoints=result.session.checkpoints, html=html,
+                   written=written, quiet=quiet)
 
     run_guarded(body)
 

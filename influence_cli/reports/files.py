@@ -10,9 +10,17 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from influence_cli import distributed
+
 
 def atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``.
+
+    Under ``torchrun`` every rank computes the same reports and only rank 0 writes them (W ranks
+    writing one ``.part`` file on a shared disk would race); other ranks return ``path`` unwritten.
+    """
+    if not distributed.is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
     with open(tmp, "wb") as fh:

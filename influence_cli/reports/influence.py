@@ -37,14 +37,34 @@ def _summary(data: dict) -> str:
              f"{len(data['checkpoints'])} checkpoint(s).", "", ckpts]
     for t in data["test"][:20]:
         lines.append(f"## Test example {t['test_index']} (label {t['label']}, prediction {t['prediction']})\n")
+        if _described(t):
+            lines.append(f"{_described(t)}\n")
         best = max(len(t["proponents"]), len(t["opponents"]))
         rows = []
         for r in range(min(best, 5)):
             p = t["proponents"][r] if r < len(t["proponents"]) else None
             o = t["opponents"][r] if r < len(t["opponents"]) else None
-            rows.append((r + 1, *(("", "", "") if p is None else (p["train_index"], p["label"], p["score"])),
-                         *(("", "", "") if o is None else (o["train_index"], o["label"], o["score"]))))
+            rows.append((r + 1, *(("", "", "") if p is None else (_cell(p), p["label"], p["score"])),
+                         *(("", "", "") if o is None else (_cell(o), o["label"], o["score"]))))
         lines.append(markdown_table(["rank", "proponent", "label", "score", "opponent", "label", "score"], rows))
     if len(data["test"]) > 20:
         lines.append(f"... and {len(data['test']) - 20} more test examples in influence.json\n")
     return "\n".join(lines)
+
+
+DESCRIPTION_KEYS = ("text", "path", "description")  # what Examples.describe may add to an entry
+CELL_CHARS = 60
+
+
+def _described(entry: dict) -> str | None:
+    """The entry's text or file path (see ``Examples.describe``), if it has one."""
+    return next((str(entry[k]) for k in DESCRIPTION_KEYS if k in entry), None)
+
+
+def _cell(entry: dict) -> str:
+    """A ranked example as ``index`` or ``index: text…`` (shortened to fit a table cell)."""
+    text = _described(entry)
+    if text is None:
+        return str(entry["train_index"])
+    text = text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
+    return f"{entry['train_index']}: {text}"
