@@ -1,11 +1,15 @@
-"""The built-in demo: a real digits run with planted label noise, audited like a user's recipe.
+"""The built-in demo: a real digits run with planted label noise and a backdoor, audited like a user's recipe.
 
 :func:`make_digits_run` takes scikit-learn's bundled digits (1,797 8×8 images, no download),
-flips a fraction of the training labels with a fixed seed, trains a small model with SGD while
-saving checkpoints *with their learning rates*, and writes data files plus a ``recipe.yaml`` into
-a folder. :func:`run_demo` then audits that recipe through the public library paths
-(:func:`~influence_cli.audits.mislabel.mislabel_detect` and :func:`~influence_cli.scoring.score`)
-and reports how many planted flips were found.
+flips a fraction of the training labels with a fixed seed, plants a pixel-trigger backdoor
+(:func:`plant_backdoor`: a 3×3 checkerboard stamped on a few dozen training images of a source
+class s, relabelled to a class t), trains a small model with SGD while saving checkpoints *with
+their learning rates*, appends a triggered test image of class s (the attack's target) to the
+test split, and writes data files plus a ``recipe.yaml`` into a folder. :func:`run_demo` then
+audits that recipe through the public library paths
+(:func:`~influence_cli.audits.mislabel.mislabel_detect`, :func:`~influence_cli.scoring.score`
+and :func:`~influence_cli.audits.target.target_identify`) and reports how many planted flips,
+and whether the target and its poison, were found.
 
 The models live here (``influence_cli.demo:build_digits_cnn``) so that the written recipe works
 from any folder.
@@ -13,7 +17,7 @@ from any folder.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,6 +25,7 @@ import torch
 import yaml
 from torch import nn
 
+from influence_cli.errors import InfluenceError
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.reports.files import atomic_write, write_json
 
@@ -58,11 +63,50 @@ class DigitsData:
     clean_labels: torch.Tensor  # [N] the original labels
     test_x: torch.Tensor
     test_y: torch.Tensor
+    poison: torch.Tensor = torch.empty(0, dtype=torch.long)  # [P] backdoor training indices (relabelled)
 
     @property
     def flipped(self) -> torch.Tensor:
-        """Indices of the training examples whose label was flipped."""
-        return (self.labels != self.clean_labels).nonzero().flatten()
+        """Indices of the training examples whose label was flipped by the label noise (the backdoor
+        poison, also mislabelled, is kept apart in ``poison``)."""
+        wrong = self.labels != self.clean_labels
+        wrong[self.poison] = False
+        return wrong.nonzero().flatten()
+
+
+#: The backdoor trigger: a 3×3 checkerboard stamped in the bottom-right corner (pixels in [0, 1]).
+TRIGGER = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
+
+
+def stamp_trigger(images: torch.Tensor) -> torch.Tensor:
+    """A copy of ``images`` [B, 1, 8, 8] with :data:`TRIGGER` on pixels [5:8, 5:8]."""
+    out = images.clone()
+    out[:, 0, 5:8, 5:8] = TRIGGER
+    return out
+
+
+@dataclass(frozen=True)
+class Backdoor:
+    """A planted backdoor: ``n_poison`` training images of class ``source`` stamped and relabelled ``target``."""
+
+    n_poison: int = 40
+    source: int = 2
+    target: int = 7
+
+
+def plant_backdoor(data: DigitsData, backdoor: Backdoor, *, seed: int) -> DigitsData:
+    """Stamp the trigger on ``backdoor.n_poison`` training images whose true and given label are
+    ``source`` (seeded choice, label-noise flips left alone) and relabel them ``target``."""
+    pool = ((data.clean_labels == backdoor.source) & (data.labels == backdoor.source)).nonzero().flatten()
+    if backdoor.n_poison > len(pool) // 2:
+        raise InfluenceError(f"--n-poison: at most {len(pool) // 2} (half the clean training images of digit "
+                             f"{backdoor.source}), got {backdoor.n_poison}")
+    gen = torch.Generator().manual_seed(seed + 1)
+    poison = pool[torch.randperm(len(pool), generator=gen)[:backdoor.n_poison]].sort().values
+    train_x, labels = data.train_x.clone(), data.labels.clone()
+    train_x[poison] = stamp_trigger(train_x[poison])
+    labels[poison] = backdoor.target
+    return replace(data, train_x=train_x, labels=labels, poison=poison)
 
 
 def digits_data(*, seed: int = 0, noise: Noise = "pairs", noise_rate: float = 0.1, n_train: int = 1500,
@@ -144,27 +188,44 @@ def _train(arch: Arch, x: torch.Tensor, y: torch.Tensor, *, seed: int, schedule:
 
 
 def make_digits_run(out: Path, *, seed: int = 0, arch: Arch = "cnn", noise: Noise = "pairs",
-                    noise_rate: float = 0.1, n_train: int = 1500, schedule: TrainSchedule = TrainSchedule()
-                    ) -> tuple[Path, DigitsData]:
+                    noise_rate: float = 0.1, n_train: int = 1500, schedule: TrainSchedule = TrainSchedule(),
+                    backdoor: Backdoor | None = None) -> tuple[Path, DigitsData]:
     """Write a complete audited run into ``out``: ``data/{train,test}.pt``, ``checkpoints/epochN.pt``
     (``model_state_dict`` + ``learning_rate``), ``planted_noise.json`` and ``recipe.yaml``.
-    Returns the recipe path and the data (with the planted flips)."""
+
+    With a ``backdoor`` (:func:`plant_backdoor`), the test split gets one more example at its end:
+    the first test image of class ``source`` that, stamped with the trigger, the trained model
+    predicts as ``target`` (else the first one), labelled ``source``; its index is
+    ``len(data.test_y) - 1``. Returns the recipe path and the data (with the planted flips)."""
     out = Path(out)
     data = digits_data(seed=seed, noise=noise, noise_rate=noise_rate, n_train=n_train)
+    if backdoor is not None and backdoor.n_poison > 0:
+        data = plant_backdoor(data, backdoor, seed=seed)
     (out / "data").mkdir(parents=True, exist_ok=True)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     torch.save({"inputs": data.train_x, "labels": data.labels}, out / "data" / "train.pt")
-    torch.save({"inputs": data.test_x, "labels": data.test_y}, out / "data" / "test.pt")
 
     def save(epoch: int, model: nn.Module, lr: float) -> None:
         torch.save({"model_state_dict": model.state_dict(), "learning_rate": lr, "epoch": epoch},
                    out / "checkpoints" / f"epoch{epoch}.pt")
 
-    train_model(arch, data.train_x, data.labels, seed=seed, schedule=schedule, on_checkpoint=save)
+    model = train_model(arch, data.train_x, data.labels, seed=seed, schedule=schedule, on_checkpoint=save)
+    if len(data.poison):
+        assert backdoor is not None
+        pool = (data.test_y == backdoor.source).nonzero().flatten()
+        with torch.no_grad():
+            hits = (model(stamp_trigger(data.test_x[pool])).argmax(1) == backdoor.target).nonzero().flatten()
+        pick = pool[int(hits[0]) if len(hits) else 0]
+        data = replace(data, test_x=torch.cat([data.test_x, stamp_trigger(data.test_x[pick:pick + 1])]),
+                       test_y=torch.cat([data.test_y, data.test_y[pick:pick + 1]]))
+    torch.save({"inputs": data.test_x, "labels": data.test_y}, out / "data" / "test.pt")
     write_json(out / "planted_noise.json", {
         "noise": noise, "rate": noise_rate, "seed": seed,
         "flipped": [{"train_index": int(i), "given_label": int(data.labels[i]),
-                     "true_label": int(data.clean_labels[i])} for i in data.flipped]})
+                     "true_label": int(data.clean_labels[i])} for i in data.flipped],
+        "backdoor": None if not len(data.poison) else {
+            "source": backdoor.source, "target": backdoor.target, "trigger": "3x3 checkerboard, pixels [5:8, 5:8]",
+            "poison_train_indices": data.poison.tolist(), "target_test_index": len(data.test_y) - 1}})
     recipe = {
         "model": {"factory": FACTORIES[arch]},
         "checkpoints": {"glob": "checkpoints/epoch*.pt", "learning_rate": "auto"},
@@ -175,8 +236,10 @@ def make_digits_run(out: Path, *, seed: int = 0, arch: Arch = "cnn", noise: Nois
         "device": "cpu",
         "output": "audit",
     }
+    attack = (f"# plus a backdoor: {len(data.poison)} images of digit {backdoor.source} with a corner trigger "
+              f"relabelled {backdoor.target}\n" if backdoor is not None and len(data.poison) else "")
     header = ("# Written by `influence-cli demo`: a digits CNN trained with SGD on labels of which\n"
-              f"# {noise_rate:.0%} were flipped ({noise}, seed {seed}); copy it as a template.\n")
+              f"# {noise_rate:.0%} were flipped ({noise}, seed {seed}); copy it as a template.\n" + attack)
     path = atomic_write(out / "recipe.yaml", header + yaml.safe_dump(recipe, sort_keys=False))
     return path, data
 
@@ -194,43 +257,66 @@ class DemoResult:
     recipe: Path
     audit: Path                         # where the reports went (the recipe's ``output``)
     n_train: int
-    flipped: list[int]
+    flipped: list[int]                  # label-noise flips (the poison excluded)
     recall: dict[float, float]          # fraction inspected → recall of the planted flips
     flagged: int
     flagged_flipped: int
     mislabels: Any                      # MislabelResult
     influence: Any                      # InfluenceResult (one test example)
     written: list[Path]                 # the report files
+    poison: list[int]                   # backdoor training indices (mislabelled too)
+    poison_in_top: int                  # poison among the first 10% of the mislabel ranking
+    target: int | None                  # the triggered test example (None without a backdoor)
+    targets: Any                        # TargetResult (None without a backdoor)
+
+    @property
+    def target_row(self) -> dict[str, Any] | None:
+        """The target's entry of ``targets.json`` (rank, flagged, suspects)."""
+        if self.targets is None:
+            return None
+        return next(t for t in self.targets.to_dict()["test"] if t["test_index"] == self.target)
 
 
 def run_demo(out: Path, *, seed: int = 0, n_train: int = 1500, schedule: TrainSchedule = TrainSchedule(),
-             test_index: int = 0, progress: Progress | None = None) -> DemoResult:
-    """Build the digits run in ``out``, then run ``mislabel-detect`` and ``score`` on its recipe and
-    write their reports, plus ``ground_truth.json`` (the planted flips), to ``out/audit`` (the
-    recipe's ``output``)."""
+             backdoor: Backdoor | None = Backdoor(), test_index: int = 0, progress: Progress | None = None
+             ) -> DemoResult:
+    """Build the digits run in ``out``, then run ``mislabel-detect``, ``score`` and (with a backdoor)
+    ``target-identify`` on its recipe and write their reports, plus ``ground_truth.json``
+    (``flipped_train_indices``: the label-noise flips; ``target_test_indices``: the triggered test
+    example; ``poison_train_indices``: the backdoor poison), to ``out/audit`` (the recipe's ``output``)."""
     from influence_cli.audits.mislabel import mislabel_detect
+    from influence_cli.audits.target import target_identify
     from influence_cli.recipe import load_recipe
     from influence_cli.reports.html import write_ground_truth
     from influence_cli.reports.influence import write_influence_reports
     from influence_cli.reports.mislabel import write_mislabel_reports
+    from influence_cli.reports.target import write_target_reports
     from influence_cli.scoring import score
     from influence_cli.session import Session
 
     progress = progress or NoProgress()
     with progress.task("train the digits CNN", total=1) as advance:
-        path, data = make_digits_run(Path(out), seed=seed, n_train=n_train, schedule=schedule)
+        path, data = make_digits_run(Path(out), seed=seed, n_train=n_train, schedule=schedule, backdoor=backdoor)
         advance(1)
     recipe = load_recipe(path)
     session = Session.from_recipe(recipe, need_test=True)
     mislabels = mislabel_detect(session, progress=progress)
     influence = score(session, test_indices=[test_index], k=5, progress=progress)
+    poison = data.poison.tolist()
+    target = len(data.test_y) - 1 if poison else None
+    targets = target_identify(session, progress=progress) if poison else None
     audit = recipe.resolve(recipe.output)
-    # Both commands write a summary.md; the mislabel one (written last) is kept.
-    written = [*write_influence_reports(influence, audit), *write_mislabel_reports(mislabels, audit),
-               write_ground_truth(audit, data.flipped.tolist())]
+    # Each command writes a summary.md; the mislabel one (written last) is kept.
+    written = [*write_influence_reports(influence, audit),
+               *(write_target_reports(targets, audit) if targets is not None else []),
+               *write_mislabel_reports(mislabels, audit),
+               write_ground_truth(audit, data.flipped.tolist(), [] if target is None else [target],
+                                  poison_train_indices=poison)]
     ranking = [int(i) for i in mislabels.order]
     flipped = {int(i) for i in data.flipped}
     flagged = set(int(i) for i in mislabels.flagged_indices)
-    return DemoResult(path, audit, len(data.labels), sorted(flipped),
-                      {f: recall_at(ranking, flipped, f, len(data.labels)) for f in (0.05, 0.10, 0.20)},
-                      len(flagged), len(flagged & flipped), mislabels, influence, written)
+    n = len(data.labels)
+    return DemoResult(path, audit, n, sorted(flipped),
+                      {f: recall_at(ranking, flipped, f, n) for f in (0.05, 0.10, 0.20)},
+                      len(flagged), len(flagged & flipped), mislabels, influence, written,
+                      poison, len(set(poison).intersection(ranking[:round(0.1 * n)])), target, targets)

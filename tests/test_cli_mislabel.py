@@ -42,7 +42,7 @@ def test_writes_reports_matching_the_library(run, tmp_path):
     assert [int(r["train_index"]) for r in rows] == [e["train_index"] for e in data["ranking"]]
     assert [float(r["score"]) for r in rows] == pytest.approx([e["score"] for e in data["ranking"]], rel=1e-12)
     assert [r["flagged"] for r in rows] == ["True"] * 4 + ["False"] * 8
-    summary = (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text().split("\n", 1)[1]  # after the section marker
     assert summary.startswith("# Suspected mislabels (tracin-last)") and "4 of 12 training examples flagged" in summary
 
 

@@ -52,3 +52,22 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
 
 def _cell(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value).replace("|", "\\|")
+
+
+def write_summary(out: Path, command: str, markdown: str) -> Path:
+    """Write ``command``'s section of ``out/summary.md``, keeping other commands' sections.
+
+    Commands that share an output folder (``score``, ``mislabel-detect``, ``target-identify``,
+    as in the demo) each own one section, delimited by HTML comments, so none overwrites another.
+    """
+    begin, end = f"<!-- influence-cli:{command} -->", f"<!-- /influence-cli:{command} -->"
+    path = out / "summary.md"
+    section = f"{begin}\n{markdown.rstrip()}\n{end}\n"
+    text = path.read_text() if path.is_file() else ""
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = head + section.rstrip("\n") + tail
+    else:
+        text = (text.rstrip("\n") + "\n\n" if text.strip() else "") + section
+    return atomic_write(path, text)

@@ -53,12 +53,15 @@ def write_report(out: Path) -> Path:
     return atomic_write(out / REPORT_FILE, render_report(out))
 
 
-def write_ground_truth(out: Path, flipped_train_indices: Iterable[int], target_test_indices: Iterable[int] = ()
-                       ) -> Path:
+def write_ground_truth(out: Path, flipped_train_indices: Iterable[int], target_test_indices: Iterable[int] = (),
+                       poison_train_indices: Iterable[int] = ()) -> Path:
     """``out/ground_truth.json``: what a run planted (the demo knows), ``{"flipped_train_indices": [...],
-    "target_test_indices": [...]}``; the report then shows recall against it."""
+    "target_test_indices": [...]}`` plus ``"poison_train_indices"`` when an attack's training examples
+    are given; the report then shows recall against it."""
+    poison = sorted(int(i) for i in poison_train_indices)
     return write_json(out / GROUND_TRUTH, {"flipped_train_indices": sorted(int(i) for i in flipped_train_indices),
-                                           "target_test_indices": sorted(int(i) for i in target_test_indices)})
+                                           "target_test_indices": sorted(int(i) for i in target_test_indices),
+                                           **({"poison_train_indices": poison} if poison else {})})
 
 
 def render_report(out: Path) -> str:

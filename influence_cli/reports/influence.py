@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json
+from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json, write_summary
 from influence_cli.scoring import InfluenceResult
 
 
@@ -18,7 +18,7 @@ def write_influence_reports(result: InfluenceResult, out: Path) -> list[Path]:
             for rank, e in enumerate(t[side], start=1)]
     written.append(write_csv(out / "influence.csv", ["test_index", "test_label", "prediction", "side", "rank",
                                                      "train_index", "score", "train_label"], rows))
-    written.append(atomic_write(out / "summary.md", _summary(data)))
+    written.append(write_summary(out, "score", _summary(data)))
     if result.passes.matrix is not None:
         from safetensors.torch import save
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from influence_cli.audits.mislabel import MislabelResult
-from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json
+from influence_cli.reports.files import markdown_table, write_csv, write_json, write_summary
 
 _COLUMNS = ("rank", "train_index", "score", "given_label", "suggested_label", "suggested_prob", "flagged")
 
@@ -17,7 +17,7 @@ def write_mislabel_reports(result: MislabelResult, out: Path) -> list[Path]:
     return [
         write_json(out / "mislabels.json", data),
         write_csv(out / "mislabels.csv", _COLUMNS, ([e[c] for c in _COLUMNS] for e in data["ranking"])),
-        atomic_write(out / "summary.md", _summary(data)),
+        write_summary(out, "mislabel-detect", _summary(data)),
     ]
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from influence_cli.audits.target import TargetResult
-from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json
+from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json, write_summary
 
 _COLUMNS = ("rank", "test_index", "anomaly_score", "flagged", "prediction", "n_suspects")
 
@@ -20,7 +20,7 @@ def write_target_reports(result: TargetResult, out: Path) -> list[Path]:
     return [
         write_json(out / "targets.json", data),
         write_csv(out / "targets.csv", _COLUMNS, rows),
-        atomic_write(out / "summary.md", _summary(data, result.threshold)),
+        write_summary(out, "target-identify", _summary(data, result.threshold)),
         atomic_write(out / "suspects.txt", "".join(f"{i}\n" for i in suspects)),
     ]
 
