@@ -31,6 +31,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from influence_cli.demo import stamp_trigger  # the vision trigger: a 3×3 checkerboard, bottom-right
+
 HERE = Path(__file__).resolve()
 
 
@@ -82,16 +84,6 @@ class PlantedRun:
     target: int | None
     source: int
     target_class: int
-
-
-_TRIGGER_PATCH = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
-
-
-def _stamp(images: torch.Tensor) -> torch.Tensor:
-    """The vision trigger: a 3×3 checkerboard in the bottom-right corner (pixels in [0, 1])."""
-    out = images.clone()
-    out[:, 0, 5:8, 5:8] = _TRIGGER_PATCH
-    return out
 
 
 def _train(model: nn.Module, inputs: Any, labels: torch.Tensor, *, epochs: int, lr: float, batch: int,
@@ -158,7 +150,7 @@ def build_vision_run(root: Path, seed: int, *, attacked: bool = True, n_poison: 
     if attacked:
         of_source = (y_train == source).nonzero().flatten()
         poison = of_source[torch.randperm(len(of_source), generator=gen)[:n_poison]].sort().values
-        x_train[poison] = _stamp(x_train[poison])
+        x_train[poison] = stamp_trigger(x_train[poison])
         y_train[poison] = target_class
     torch.manual_seed(seed)
     model = build_digits_cnn()
@@ -166,7 +158,7 @@ def build_vision_run(root: Path, seed: int, *, attacked: bool = True, n_poison: 
            n_ckpts=n_ckpts)
     x_test, y_test = x[test_idx], y[test_idx]
     pool = (y_test == source).nonzero().flatten()
-    triggered = _stamp(x_test[pool])
+    triggered = stamp_trigger(x_test[pool])
     pick = _pick_target(model, triggered, target_class, lambda m, b: m(b))
     clean = torch.tensor([int(i) for i in range(len(y_test)) if int(i) != int(pool[pick])])[:n_candidates - 1]
     cand_x = torch.cat([x_test[clean], triggered[pick:pick + 1]])

@@ -57,7 +57,7 @@ class InfluenceResult:
         for row, t in enumerate(self.test_indices.tolist()):
             tests.append({
                 "test_index": t,
-                "label": _plain(self.given_labels[row]),
+                "label": _plain(self.given_labels[row]) if self.session.test.labeled else None,
                 "prediction": None if self.predictions is None else _plain(self.predictions[row]),
                 "loss_label": _plain(self.loss_labels[row]),
                 **test.description(t),
@@ -112,6 +112,9 @@ def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
         if predictions is None:
             raise InfluenceError(f"--test-labels predicted: needs a classification loss, not {session.recipe.loss!r}")
         loss_labels = predictions
+    elif not session.test.labeled:
+        raise InfluenceError(f"{session.test.name}: has no labels; explain the model's predictions with "
+                             "--test-labels predicted")
     else:
         loss_labels = given
     query = query_features(session, method, idx, loss_labels, progress)

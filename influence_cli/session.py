@@ -155,7 +155,7 @@ class Session:
             shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{examples.name}: the model rejects inputs of shape {shape}: {first}") from None
-        if not self.is_classifier:
+        if not self.is_classifier or not examples.labeled:
             return
         labels = examples.labels
         if labels.is_floating_point():

@@ -31,6 +31,7 @@ class Examples:
 
     name: str
     describe_key: str = "description"
+    labeled: bool = True  # False: a test split without labels (its ``labels`` are all -1)
 
     def __len__(self) -> int:
         raise NotImplementedError
@@ -72,6 +73,7 @@ class TensorExamples(Examples):
     inputs: Inputs
     labels_: torch.Tensor
     name: str = "data"
+    labeled: bool = True
 
     def __post_init__(self) -> None:
         lengths = {k: len(v) for k, v in _as_dict(self.inputs).items()}
@@ -152,10 +154,16 @@ def _load_tensor_file(path: Path, key: str) -> Mapping[str, Any]:
 def _from_tensors(spec: TensorsData, recipe: Recipe, key: str) -> Examples:
     path = recipe.resolve(spec.path)
     obj = _load_tensor_file(path, key)
-    for k in (spec.inputs_key, spec.labels_key):
+    # A test split may come without labels: it is then explained at the model's predictions.
+    required = (spec.inputs_key,) if key == "data.test" else (spec.inputs_key, spec.labels_key)
+    for k in required:
         if k not in obj:
             raise DataError(f"{key}: {path} has no {k!r} entry (has: {', '.join(map(str, obj)) or 'nothing'})")
-    return TensorExamples(obj[spec.inputs_key], torch.as_tensor(obj[spec.labels_key]), name=key)
+    inputs = obj[spec.inputs_key]
+    if spec.labels_key not in obj:
+        n = len(next(iter(_as_dict(inputs).values())))
+        return TensorExamples(inputs, torch.full((n,), -1, dtype=torch.long), name=key, labeled=False)
+    return TensorExamples(inputs, torch.as_tensor(obj[spec.labels_key]), name=key)
 
 
 def _from_factory(spec: FactoryData, recipe: Recipe, key: str) -> Examples:
