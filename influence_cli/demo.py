@@ -312,6 +312,7 @@ def run_demo(out: Path, *, seed: int = 0, n_train: int = 1500, schedule: TrainSc
                *write_mislabel_reports(mislabels, audit),
                write_ground_truth(audit, data.flipped.tolist(), [] if target is None else [target],
                                   poison_train_indices=poison)]
+    written = list(dict.fromkeys(written))
     ranking = [int(i) for i in mislabels.order]
     flipped = {int(i) for i in data.flipped}
     flagged = set(int(i) for i in mislabels.flagged_indices)

@@ -74,7 +74,7 @@ def reference_grads(model_factory: Callable[[], nn.Module], ckpts: Sequence[Mapp
             if isinstance(x, dict):
                 pred = _logits(model(**x))
             else:
-                pred = _logits(model(x.to(torch.float64)))
+                pred = _logits(model(x.to(torch.float64) if x.is_floating_point() else x))
             value = loss(pred, labels[i:i + 1])
             grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
             layers: LayerGrads = {}

@@ -44,7 +44,7 @@ def full_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.parametrize(("which", "sections", "tests"), [
-    ("demo_report", ("overview", "influence", "mislabels", "run"), 1),
+    ("demo_report", ("overview", "influence", "mislabels", "targets", "run"), 1),  # the demo plants a backdoor
     ("full_report", ("overview", "checks", "influence", "mislabels", "targets", "run"), N_TEST),
 ])
 def test_report_renders_in_chromium(which: str, sections: tuple[str, ...], tests: int, tmp_path: Path,

@@ -48,7 +48,8 @@ def test_demo_end_to_end_writes_a_recipe_mislabel_detect_accepts(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(out), "--n-train", "400", "--epochs", "10"])
     assert res.exit_code == 0, res.output
     # the backdoor (11 poison by default at this size): its target is found, flagged, with its poison
-    assert "ranks #1 of 298 candidates" in res.output and "flagged;" in res.output
+    said = " ".join(res.output.split())
+    assert "ranks #1 of 298 candidates" in said and "flagged; 1 flagged in all" in said
     truth = json.loads((out / "audit" / "ground_truth.json").read_text())
     targets = json.loads((out / "audit" / "targets.json").read_text())
     assert truth["target_test_indices"] == [297] and len(truth["poison_train_indices"]) == 11
@@ -59,7 +60,7 @@ def test_demo_end_to_end_writes_a_recipe_mislabel_detect_accepts(tmp_path):
     assert not set(truth["poison_train_indices"]) & set(truth["flipped_train_indices"])
     assert "inspected" in res.output and "top proponents" in res.output and str(out / "recipe.yaml") in res.output
     ckpts = sorted((out / "checkpoints").glob("epoch*.pt"))
-    assert len(ckpts) == 6
+    assert len(ckpts) == 10
     assert all(isinstance(torch.load(p, weights_only=True)["learning_rate"], float) for p in ckpts)
     planted = json.loads((out / "planted_noise.json").read_text())
     train = torch.load(out / "data" / "train.pt", weights_only=True)

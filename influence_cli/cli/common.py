@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Callable, Iterator, Sequence, TypeVar
@@ -36,6 +37,12 @@ NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ignore the recipe'
 T = TypeVar("T")
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: object = None, line: str | None = None) -> None:
+    """Warnings (a halved batch, the one-at-a-time gradient fallback) as one stderr line."""
+    err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
 def run_guarded(fn: Callable[[], T]) -> T:
     """Run a command body; map domain errors to one stderr line and an exit code (never a traceback).
 
@@ -44,8 +51,10 @@ def run_guarded(fn: Callable[[], T]) -> T:
     Under ``torchrun`` it first joins the process group (:func:`influence_cli.distributed.init`).
     """
     try:
-        distributed.init()
-        return fn()
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            distributed.init()
+            return fn()
     except InfluenceError as exc:
         err_console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None

@@ -115,15 +115,48 @@ class PerExampleGradients:
             out = call_model(self.model, {**rest, **selected}, xb)
             return self.loss_fn(out, y.unsqueeze(0)).sum()
 
-        self._grads = vmap(grad(loss_one), in_dims=(None, None, 0, 0))
+        self._grad_one = grad(loss_one)
+        self._grads = vmap(self._grad_one, in_dims=(None, None, 0, 0))
+        self.batched = True  # False once vmap has proved unable to batch this model
 
     def __call__(self, weights: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor) -> FlatGrads:
         inputs = _expand_attention_mask(self.model, inputs, weights[self.layout.names[0]].dtype)
         selected = {n: weights[n] for n in self.layout.names}
         rest = {n: w for n, w in weights.items() if n not in selected}
-        per_param = self._grads(selected, rest, inputs, labels)
+        per_param = self._batched(selected, rest, inputs, labels) if self.batched else None
+        if per_param is None:
+            per_param = self._one_by_one(selected, rest, inputs, labels)
         g = torch.cat([per_param[n].reshape(len(labels), -1) for n in self.layout.names], dim=1)
         return FlatGrads(g, self.layout)
+
+    def _batched(self, selected: dict[str, torch.Tensor], rest: dict[str, torch.Tensor], inputs: Inputs,
+                 labels: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        """``vmap(grad)`` over the batch; ``None`` (with one warning) when vmap cannot batch the model.
+
+        Some modules have no vmap batching rule (``nn.LSTM``/``nn.GRU`` on the CPU, custom ops with
+        in-place writes). Rather than fail, the run then computes those gradients one example at a
+        time: exact, but slower. An error that persists for a single example is re-raised.
+        """
+        try:
+            return self._grads(selected, rest, inputs, labels)
+        except RuntimeError as exc:
+            try:
+                self._one_by_one(selected, rest, tree_map(lambda t: t[:1], inputs), labels[:1])
+            except Exception:
+                raise exc from None
+            self.batched = False
+            first = str(exc).strip().splitlines()[0][:160]
+            warnings.warn(f"vmap cannot batch {type(self.model).__name__} ({first}); computing per-example "
+                          "gradients one example at a time, which is exact but slower", RuntimeWarning,
+                          stacklevel=3)
+            return None
+
+    def _one_by_one(self, selected: dict[str, torch.Tensor], rest: dict[str, torch.Tensor], inputs: Inputs,
+                    labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The fallback: ``grad`` of each example's loss in turn, stacked."""
+        rows = [self._grad_one(selected, rest, tree_map(lambda t: t[i], inputs), labels[i])
+                for i in range(len(labels))]
+        return {n: torch.stack([r[n] for r in rows]) for n in self.layout.names}
 
 
 class HalveOnOutOfMemory:
