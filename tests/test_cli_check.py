@@ -17,7 +17,7 @@ from influence_cli.cli import app
 
 TINY_MODELS = Path(__file__).parent / "fixtures" / "tiny_models.py"
 N, FLIPS, SEP = 240, 36, 6.0      # 15% of the labels flipped in the noisy run
-RULES = {"max_flagged_mislabel_fraction": 0.10, "max_flagged_mislabel_per_class": 10}
+RULES = {"max_flagged_mislabel_fraction": 0.02, "max_flagged_mislabel_per_class": 2}
 runner = CliRunner()
 
 
@@ -89,7 +89,7 @@ def test_clean_data_passes(runs: dict[str, Any], tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     code, report = _check(recipe)
     assert code == 0 and report["passed"] and _failed(report) == []
-    assert report["flagged"] <= 0.10 * N and (tmp_path / "out" / "check.json").is_file()
+    assert report["flagged"] <= 0.02 * N and (tmp_path / "out" / "check.json").is_file()
 
 
 def test_planted_noise_fails_then_baseline_accepts_it(runs: dict[str, Any], tmp_path: Path,

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from influence_cli.errors import InfluenceError
 from influence_cli.reports.files import atomic_write, markdown_table, write_json, write_summary
 
 
@@ -34,3 +35,10 @@ def test_summary_sections_are_kept_per_command(tmp_path: Path) -> None:
 
 def test_markdown_table_escapes_pipes_and_rounds() -> None:
     assert markdown_table(["a", "b"], [("x|y", 0.123456)]) == "| a | b |\n|---|---|\n| x\\|y | 0.1235 |\n"
+
+
+def test_an_unwritable_folder_is_an_input_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(InfluenceError, match=r"/file/r.json: cannot write the report: File exists$"):
+        write_json(blocker / "r.json", {"x": 1})

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from influence_cli import distributed
+from influence_cli.errors import InfluenceError
 
 
 def atomic_write(path: Path, data: str | bytes) -> Path:
@@ -21,13 +22,18 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     """
     if not distributed.is_main():
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
-    with open(tmp, "wb") as fh:
-        fh.write(data.encode() if isinstance(data, str) else data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        if tmp.parent.is_dir():
+            tmp.unlink(missing_ok=True)
+        raise InfluenceError(f"{path}: cannot write the report: {exc.strerror or exc}") from None
     return path
 
 
