@@ -18,12 +18,13 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
+# In the order a new user meets them: try it, explain, audit labels, audit attacks, gate CI, read.
+app.command("demo")(demo_command)
 app.command("score")(score_command)
 app.command("mislabel-detect")(mislabel_command)
-app.command("demo")(demo_command)
-app.command("report")(report_command)
-app.command("check")(check_command)
 app.command("target-identify")(target_command)
+app.command("check")(check_command)
+app.command("report")(report_command)
 
 
 def _version(value: bool) -> None:
