@@ -15,8 +15,7 @@ reports how many examples each rule flags there (false alarms). ``--blobs`` inst
 check tests' setting (tiny MLP on 3 Gaussian blobs, a grid of separations, sizes, epochs and
 seeds, 0% and 15% flipped) and reports the automatic cut's flags.
 
-    python benchmarks/mislabel.py --seeds 5 --out benchmarks/results/mislabel.json
-    python benchmarks/mislabel.py --seeds 5 --noise clean --out benchmarks/results/mislabel_clean.json
+    python benchmarks/mislabel.py --seeds 5 --noise uniform pairs clean --out benchmarks/results/mislabel.json
     python benchmarks/mislabel.py --blobs
 
 cleanlab is a benchmark-only dependency: ``pip install -e ".[bench]"``.
@@ -195,6 +194,7 @@ def table(rows: list[dict], section: str, arch: str | None, noise: str | None) -
         for col in cols:
             vals = [r[section][name][col] for r in sel]
             cells.append(f"{mean(vals):.1f} (max {max(vals):.0f})" if col == "flagged"
+                         else f"{mean(vals):.2%} (max {max(vals):.2%})" if col == "share"
                          else f"{mean(vals):.3f} ± {pstdev(vals):.3f}")
         lines.append("| " + " | ".join([name, *cells]) + " |")
     return "\n".join(lines)

@@ -37,7 +37,8 @@ confidently, the MAD collapses and ordinary examples get large ẑ (on clean dig
 328 of 1,500, 22%); the margin test asks that the model itself, averaged over the checkpoints,
 preferred another label. Measured by ``benchmarks/mislabel.py`` (see ``benchmarks/RESULTS.md``):
 noisy digits 148 flagged for 150 flips, precision 0.962, recall 0.951 (ẑ > 3.5 alone: 0.958,
-0.946); clean digits 0.5 of 1,500 flagged (at most 2); clean separable blobs 0.
+0.946); clean digits 0.5 of 1,500 flagged (at most 2); clean separable blobs 0. Expect a few
+percent where classes overlap or the model is under-trained (its early margins are negative).
 """
 
 from __future__ import annotations
