@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from influence_cli import distributed
 from influence_cli.audits.baseline import Baseline
 from influence_cli.audits.check import check, checks_of, session_for, updated_baseline
 from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, console, err_console,
@@ -68,11 +69,12 @@ def check_command(
         if junit is not None:
             written.append(atomic_write(junit, junit_xml(result)))
         summary = append_step_summary(result)
-        if fmt is Format.JSON:
+        main = distributed.is_main()  # under torchrun, rank 0 alone prints (`console` is muted elsewhere)
+        if fmt is Format.JSON and main:
             typer.echo(json.dumps(result.to_dict(), indent=1))
-        elif fmt is Format.MARKDOWN:
+        elif fmt is Format.MARKDOWN and main:
             typer.echo(markdown(result))
-        elif not quiet:
+        elif fmt is Format.TEXT and not quiet:
             console.print(text_report(result))
         if summary is not None and not quiet:
             err_console.print(f"appended the summary to {summary}", highlight=False)

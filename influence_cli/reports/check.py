@@ -13,6 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from influence_cli import distributed
 from influence_cli.audits.check import CheckResult
 from influence_cli.reports.files import atomic_write, markdown_table, write_json
 
@@ -99,7 +100,7 @@ def write_check_reports(result: CheckResult, out: Path) -> list[Path]:
 def append_step_summary(result: CheckResult) -> Path | None:
     """Append the Markdown summary to ``$GITHUB_STEP_SUMMARY`` when it is set (GitHub Actions)."""
     target = os.environ.get("GITHUB_STEP_SUMMARY")
-    if not target:
+    if not target or not distributed.is_main():  # under torchrun, rank 0 alone appends
         return None
     with open(target, "a", encoding="utf-8") as fh:
         fh.write(markdown(result) + "\n")
