@@ -13,9 +13,11 @@ Scenarios (all seeded, offline; each trains its own model and writes a recipe in
 
 Printed per scenario and method, over the seeds: AUPRC of the attack examples in the target's
 full training ranking (one extra ``score`` pass with the whole target row), the target's rank
-among the candidates (1 = most anomalous), and the number of flagged candidates on clean runs.
+among the candidates (1 = first in ``targets.json``: misclassified candidates first, by anomaly
+score), and the number of flagged candidates on clean runs.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/target.py --seeds 5``.
+Run: ``OMP_NUM_THREADS=1 python benchmarks/target.py --seeds 5`` (``--first-seed 5`` for held-out seeds,
+``--any-prediction`` for the rule without the misclassified-first ordering, ``--methods gas-l``).
 """
 
 from __future__ import annotations
@@ -255,17 +257,20 @@ BUILDERS = {"vision": build_vision_run, "text": build_text_run}
 METHODS = ("tracin", "gas", "gas-l")
 
 
-def measure(run: PlantedRun, method: str, k: int | None = None) -> dict[str, float]:
+def measure(run: PlantedRun, method: str, k: int | None = None, misclassified_only: bool = True,
+            threshold: float | None = None) -> dict[str, float]:
     """AUPRC of the poison in the target's full ranking, the target's rank, flags, suspects' precision/recall."""
     from sklearn.metrics import average_precision_score
 
     from influence_cli import Session, load_recipe, score
-    from influence_cli.audits.target import DEFAULT_K, target_identify
+    from influence_cli.audits.target import DEFAULT_K, DEFAULT_THRESHOLD, target_identify
 
     session = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
-    result = target_identify(session, method=method, k=k or DEFAULT_K)
+    result = target_identify(session, method=method, k=k or DEFAULT_K, misclassified_only=misclassified_only,
+                             threshold=threshold or DEFAULT_THRESHOLD)
     data = result.to_dict()["test"]
-    out: dict[str, float] = {"flagged": sum(t["flagged"] for t in data)}
+    out: dict[str, float] = {"flagged": sum(t["flagged"] for t in data),
+                             "misclassified": sum(t["label"] != t["prediction"] for t in data)}
     if run.target is None:
         return out
     entry = next(t for t in data if t["test_index"] == run.target)
@@ -285,19 +290,26 @@ def measure(run: PlantedRun, method: str, k: int | None = None) -> dict[str, flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (held-out checks)")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--threshold", type=float, default=None, help="flag rule (default: the command's)")
+    parser.add_argument("--any-prediction", action="store_true", help="flag and rank every candidate, "
+                        "not only the misclassified ones first")
     parser.add_argument("--scenarios", default="vision,text")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| scenario | method | suspects AUPRC (median, min) | target #1 | target flagged | suspects P / R "
-          "| clean runs with 0 flags | clean flags (total) |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| clean runs with 0 flags | clean flags (total) | misclassified candidates (attacked runs) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenarios.split(","):
             runs = [(BUILDERS[scenario](Path(tmp) / f"{scenario}{s}{a}", s, attacked=bool(a)), bool(a))
-                    for s in range(args.seeds) for a in (1, 0)]
-            for method in METHODS:
+                    for s in range(args.first_seed, args.first_seed + args.seeds) for a in (1, 0)]
+            for method in args.methods.split(","):
                 start = time.monotonic()
-                got = [(measure(run, method), attacked) for run, attacked in runs]
+                got = [(measure(run, method, misclassified_only=not args.any_prediction, threshold=args.threshold),
+                        attacked)
+                       for run, attacked in runs]
                 att = [g for g, a in got if a]
                 clean = [g for g, a in got if not a]
                 ap = [g["auprc"] for g in att]
@@ -307,7 +319,9 @@ def main() -> None:
                       f"| {statistics.mean(g['suspect_precision'] for g in att):.2f} / "
                       f"{statistics.mean(g['suspect_recall'] for g in att):.2f} "
                       f"| {sum(g['flagged'] == 0 for g in clean)}/{len(clean)} "
-                      f"| {sum(g['flagged'] for g in clean):.0f} |  ({time.monotonic() - start:.0f} s)", flush=True)
+                      f"| {sum(g['flagged'] for g in clean):.0f} "
+                      f"| {min(g['misclassified'] for g in att)}–{max(g['misclassified'] for g in att)} "
+                      f"|  ({time.monotonic() - start:.0f} s)", flush=True)
 
 
 if __name__ == "__main__":

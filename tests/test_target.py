@@ -136,4 +136,19 @@ def test_result_layout(planted):
     scores = [t["anomaly_score"] for t in data["test"]]
     assert scores == sorted(scores, reverse=True)
     for t in data["test"]:
-        assert set(t) == {"test_index", "anomaly_score", "rank", "flagged", "prediction", "suspects"}
+        assert set(t) == {"test_index", "anomaly_score", "rank", "flagged", "label", "prediction", "suspects"}
+
+
+def test_misclassified_candidates_rank_first_and_only_they_are_flagged(planted):
+    session = _session(planted[0])
+    strict = target_identify(session, threshold=0.5)
+    loose = target_identify(session, threshold=0.5, misclassified_only=False)
+    torch.testing.assert_close(strict.anomaly, loose.anomaly)
+    assert torch.equal(strict.labels, session.test.labels) and strict.misclassified.any()
+    wrong = strict.misclassified[strict.order]
+    assert wrong[:int(wrong.sum())].all() and not wrong[int(wrong.sum()):].any()   # misclassified first ...
+    for part in (strict.order[wrong], strict.order[~wrong]):                      # ... each by anomaly
+        assert torch.equal(strict.anomaly[part], strict.anomaly[part].sort(descending=True).values)
+    assert torch.equal(strict.flagged, loose.flagged & strict.misclassified)
+    assert torch.equal(loose.flagged, loose.anomaly > 0.5) and bool((loose.flagged & ~loose.misclassified).any())
+    assert [t["label"] for t in strict.to_dict()["test"]] == session.test.labels[strict.order].tolist()

@@ -14,13 +14,21 @@ Anomaly statistic (designed by measurement, see ``benchmarks/target.py``)::
             c_j = #{i′ : ŷ_i′ = ŷ_i, j ∈ P_i′}             i.e. mean |P_i ∩ P_i′| / k over the peers
     z(x)  = (x − median x) / (1.4826 · MAD x)               robust z-score over all M candidates
     a_i   = z(e)_i + z(−o)_i                                (z(−o)_i := 0 when i has no peer)
-    anomaly_score_i = z(a)_i;   flagged  ⇔  anomaly_score_i > τ   (τ = 5 by default)
+    anomaly_score_i = z(a)_i;   flagged  ⇔  anomaly_score_i > τ  and  ŷ_i ≠ y_i   (τ = 5 by default)
+
+The goal of a targeted attack is a *wrong* prediction, so by default (``misclassified_only``) only
+candidates whose prediction ŷ_i differs from their given test label y_i can be flagged, and they
+rank first (by anomaly score), before the correctly predicted ones (by anomaly score). The
+statistic itself is computed over all M candidates. Turn it off when the test labels are not
+ground truth (e.g. inputs under a placeholder label); a test split without labels turns it off.
 
 A backdoor target's proponents are the poison: they support the target far more than any other
 candidate (large e) and are nobody else's proponents (small o). Measured on planted attacks
 (``benchmarks/target.py``, README): the target's own score distribution (top-k mean, median/MAD
 tail z-scores) did not single it out; e alone and −o alone ranked it first in 7 of 10 digits
-runs, their sum in 8 of 10; clean runs can still reach the threshold (see the README table).
+runs, their sum in 8 of 10 among all candidates, and 10 of 10 (text: 5 of 5) among the
+misclassified ones; the clean candidates that reached the threshold were all correctly predicted
+(see the README table).
 
 Suspects of a flagged candidate: its top-k proponents z_j with I(z_j, z′_i) > b_ij, i.e. the
 training examples whose largest influence over all candidates is on this one, by decreasing
@@ -55,6 +63,7 @@ class TargetResult:
     session: Session
     test_indices: torch.Tensor      # [M] candidates
     predictions: torch.Tensor       # [M] ŷ, the labels influence was taken at
+    labels: torch.Tensor            # [M] y, the candidates' given test labels
     anomaly: torch.Tensor           # [M] z(a)
     margin: torch.Tensor            # [M, k] I(z_j, z′_i) − b_ij over the top-k proponents
     excess: torch.Tensor            # [M] e = mean of the margins
@@ -62,12 +71,22 @@ class TargetResult:
     flagged: torch.Tensor           # [M] bool
     threshold: float
     passes: TrainPassResult         # proponents [M, k] and column_best [N, 2]
+    misclassified_only: bool = True
+
+    @property
+    def misclassified(self) -> torch.Tensor:
+        """[M] bool: ŷ_i ≠ y_i."""
+        return self.predictions != self.labels
 
     @property
     def order(self) -> torch.Tensor:
-        """Candidate rows, most anomalous first (ties: smaller test index first)."""
+        """Candidate rows, most anomalous first (ties: smaller test index first); with
+        ``misclassified_only``, the misclassified candidates before the others."""
         by_index = self.test_indices.argsort(stable=True)
-        return by_index[self.anomaly[by_index].argsort(descending=True, stable=True)]
+        order = by_index[self.anomaly[by_index].argsort(descending=True, stable=True)]
+        if self.misclassified_only:
+            order = order[(~self.misclassified[order]).argsort(stable=True)]
+        return order
 
     def suspects(self, row: int) -> list[tuple[int, float]]:
         """(train index, score) of candidate ``row``'s top-k proponents that no other candidate beats."""
@@ -87,6 +106,7 @@ class TargetResult:
                 "rank": rank,
                 "flagged": flagged,
                 "prediction": _plain(self.predictions[row]),
+                "label": _plain(self.labels[row]),
                 "suspects": [{"train_index": j, "score": v, "label": _plain(labels[j])}
                              for j, v in (self.suspects(row) if flagged else [])],
             })
@@ -136,12 +156,14 @@ def peer_overlap(passes: TrainPassResult, predictions: torch.Tensor) -> torch.Te
 
 def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str = Method.GAS_L,
                     test_indices: Sequence[int] | None = None, k: int = DEFAULT_K,
-                    threshold: float = DEFAULT_THRESHOLD, progress: Progress | None = None) -> TargetResult:
+                    threshold: float = DEFAULT_THRESHOLD, misclassified_only: bool = True,
+                    progress: Progress | None = None) -> TargetResult:
     """Rank the candidate test examples by anomaly score and flag likely attack targets.
 
-    anomaly_score_i = z(z(e)_i + z(−o)_i), flagged ⇔ anomaly_score_i > ``threshold``; e (excess) and
-    o (peer overlap) of the top-``k`` proponents, z the median/MAD z-score over the candidates
-    (formulas in the module docstring). Influence is taken at each candidate's predicted label.
+    anomaly_score_i = z(z(e)_i + z(−o)_i), flagged ⇔ anomaly_score_i > ``threshold`` (and, with
+    ``misclassified_only``, ŷ_i ≠ y_i); e (excess) and o (peer overlap) of the top-``k`` proponents,
+    z the median/MAD z-score over the candidates (formulas in the module docstring). Influence is
+    taken at each candidate's predicted label.
     """
     method = Method(method)
     if k < 1:
@@ -168,5 +190,10 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
     excess, overlap = margin.mean(1).double(), peer_overlap(passes, predictions)
     combined = robust_z(excess) + robust_z(-overlap).nan_to_num(0.0)
     anomaly = robust_z(combined)
-    return TargetResult(method, session, idx, predictions, anomaly, margin, excess, overlap,
-                        anomaly > threshold, threshold, passes)
+    labels = torch.as_tensor(session.test.labels)[idx]
+    misclassified_only = misclassified_only and session.test.labeled  # unlabelled: every prediction counts
+    flagged = anomaly > threshold
+    if misclassified_only:
+        flagged &= predictions != labels
+    return TargetResult(method, session, idx, predictions, labels, anomaly, margin, excess, overlap,
+                        flagged, threshold, passes, misclassified_only)

@@ -27,6 +27,11 @@ def target_command(
     threshold: Annotated[float, typer.Option(help="Flag candidates whose anomaly score (a median/MAD z-score over "
                                                   "the candidates) exceeds this.", rich_help_panel="Flagging")
                          ] = DEFAULT_THRESHOLD,
+    misclassified_only: Annotated[bool, typer.Option(
+        "--misclassified-only/--any-prediction",
+        help="Only candidates predicted differently from their test label (an attack's goal) can be flagged, "
+             "and they rank first; --any-prediction when the test labels are not ground truth.",
+        rich_help_panel="Flagging")] = True,
     out: OutOpt = None,
     html: HtmlOpt = False,
     quiet: QuietOpt = False,
@@ -37,7 +42,7 @@ def target_command(
     def body() -> None:
         r, progress = load_recipe(recipe), progress_for(quiet)
         result = target_identify(r, method=method, test_indices=parse_indices(test_indices), k=top_k,
-                                 threshold=threshold, progress=progress)
+                                 threshold=threshold, misclassified_only=misclassified_only, progress=progress)
         written = write_target_reports(result, output_dir(r, out))
         if not quiet:
             console.print(_table(result))
@@ -51,10 +56,11 @@ def _table(result: TargetResult, rows: int = 5) -> Table:
     data = result.to_dict()
     n_flagged = sum(t["flagged"] for t in data["test"])
     table = Table(title=f"Attack targets ({data['method']}): {n_flagged} of {len(data['test'])} candidates flagged")
-    for col in ("rank", "test index", "anomaly score", "prediction", "flagged", "top suspects (index:score)"):
+    for col in ("rank", "test index", "anomaly score", "label", "prediction", "flagged", "top suspects (index:score)"):
         table.add_column(col)
     for t in data["test"][:max(rows, n_flagged)]:
         top = ", ".join(f"{s['train_index']}:{s['score']:.3g}" for s in t["suspects"][:4])
-        table.add_row(str(t["rank"]), str(t["test_index"]), f"{t['anomaly_score']:.2f}", str(t["prediction"]),
+        table.add_row(str(t["rank"]), str(t["test_index"]), f"{t['anomaly_score']:.2f}", str(t["label"]),
+                      str(t["prediction"]),
                       "yes" if t["flagged"] else "", top + (" ..." if len(t["suspects"]) > 4 else ""))
     return table

@@ -8,30 +8,33 @@ from pathlib import Path
 from influence_cli.audits.target import TargetResult
 from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json, write_summary
 
-_COLUMNS = ("rank", "test_index", "anomaly_score", "flagged", "prediction", "n_suspects")
+_COLUMNS = ("rank", "test_index", "anomaly_score", "flagged", "label", "prediction", "n_suspects")
 
 
 def write_target_reports(result: TargetResult, out: Path) -> list[Path]:
     """Write every ``target-identify`` report into ``out``; returns the paths written."""
     data = result.to_dict()
-    rows = [(t["rank"], t["test_index"], t["anomaly_score"], t["flagged"], t["prediction"], len(t["suspects"]))
+    rows = [(t["rank"], t["test_index"], t["anomaly_score"], t["flagged"], t["label"], t["prediction"],
+             len(t["suspects"]))
             for t in data["test"]]
     suspects = sorted({s["train_index"] for t in data["test"] for s in t["suspects"]})
     return [
         write_json(out / "targets.json", data),
         write_csv(out / "targets.csv", _COLUMNS, rows),
-        write_summary(out, "target-identify", _summary(data, result.threshold)),
+        write_summary(out, "target-identify", _summary(data, result.threshold, result.misclassified_only)),
         atomic_write(out / "suspects.txt", "".join(f"{i}\n" for i in suspects)),
     ]
 
 
-def _summary(data: dict, threshold: float, rows: int = 10) -> str:
+def _summary(data: dict, threshold: float, misclassified_only: bool, rows: int = 10) -> str:
     flagged = [t for t in data["test"] if t["flagged"]]
     lines = [f"# Attack targets ({data['method']})", "",
              f"{len(flagged)} of {len(data['test'])} candidate test example(s) flagged "
-             f"(anomaly score > {threshold:g}, a median/MAD z-score over the candidates).", "",
-             markdown_table(["rank", "test index", "anomaly score", "prediction", "suspects", "flagged"],
-                            [(t["rank"], t["test_index"], t["anomaly_score"], t["prediction"], len(t["suspects"]),
+             f"(anomaly score > {threshold:g}, a median/MAD z-score over the candidates"
+             f"{', and prediction ≠ label' if misclassified_only else ''}).", "",
+             markdown_table(["rank", "test index", "anomaly score", "label", "prediction", "suspects", "flagged"],
+                            [(t["rank"], t["test_index"], t["anomaly_score"], t["label"], t["prediction"],
+                              len(t["suspects"]),
                               "yes" if t["flagged"] else "") for t in data["test"][:max(rows, len(flagged))]])]
     for t in flagged:
         lines.append(f"## Test example {t['test_index']} (prediction {t['prediction']}): "
