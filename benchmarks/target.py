@@ -27,13 +27,14 @@ import statistics
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-from influence_cli.demo import stamp_trigger  # the vision trigger: a 3×3 checkerboard, bottom-right
+from influence_cli.demo import build_digits_mlp, stamp_trigger  # the vision trigger: a 3×3 checkerboard, bottom-right
 
 HERE = Path(__file__).resolve()
 
@@ -133,9 +134,24 @@ def _pick_target(model: nn.Module, pool: Any, want: int, call: Callable[[nn.Modu
     return int(hits[0]) if len(hits) else 0
 
 
+def blend_trigger(images: torch.Tensor, alpha: float = 0.2) -> torch.Tensor:
+    """A diffuse trigger: (1 − α)·x + α·P with P a fixed uniform-random 8×8 pattern (seed 0), α = 0.2."""
+    pattern = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    return (1 - alpha) * images + alpha * pattern
+
+
+TRIGGERS = {"patch": stamp_trigger, "blend": blend_trigger}
+MODELS = {"cnn": ({"factory": f"{HERE}:build_digits_cnn"}, build_digits_cnn),
+          "mlp": ({"factory": "influence_cli.demo:build_digits_mlp", "kwargs": {"hidden": 64}},
+                  lambda: build_digits_mlp(hidden=64))}
+
+
 def build_vision_run(root: Path, seed: int, *, attacked: bool = True, n_poison: int = 40, n_train: int = 1000,
-                     n_candidates: int = 100, epochs: int = 30, n_ckpts: int = 5) -> PlantedRun:
-    """Scenario 1 (or 3 with ``attacked=False``) on scikit-learn digits."""
+                     n_candidates: int = 100, epochs: int = 30, n_ckpts: int = 5, trigger: str = "patch",
+                     arch: str = "cnn") -> PlantedRun:
+    """Scenario 1 (or 3 with ``attacked=False``) on scikit-learn digits; ``trigger`` patch|blend,
+    ``arch`` cnn|mlp (Flatten·64·64·10)."""
+    stamp = TRIGGERS[trigger]
     from sklearn.datasets import load_digits
 
     root.mkdir(parents=True, exist_ok=True)
@@ -152,15 +168,15 @@ def build_vision_run(root: Path, seed: int, *, attacked: bool = True, n_poison: 
     if attacked:
         of_source = (y_train == source).nonzero().flatten()
         poison = of_source[torch.randperm(len(of_source), generator=gen)[:n_poison]].sort().values
-        x_train[poison] = stamp_trigger(x_train[poison])
+        x_train[poison] = stamp(x_train[poison])
         y_train[poison] = target_class
     torch.manual_seed(seed)
-    model = build_digits_cnn()
+    model = MODELS[arch][1]()
     _train(model, x_train, y_train, epochs=epochs, lr=0.05, batch=32, seed=seed, ckpt_dir=root / "ckpts",
            n_ckpts=n_ckpts)
     x_test, y_test = x[test_idx], y[test_idx]
     pool = (y_test == source).nonzero().flatten()
-    triggered = stamp_trigger(x_test[pool])
+    triggered = stamp(x_test[pool])
     pick = _pick_target(model, triggered, target_class, lambda m, b: m(b))
     clean = torch.tensor([int(i) for i in range(len(y_test)) if int(i) != int(pool[pick])])[:n_candidates - 1]
     cand_x = torch.cat([x_test[clean], triggered[pick:pick + 1]])
@@ -170,7 +186,7 @@ def build_vision_run(root: Path, seed: int, *, attacked: bool = True, n_poison: 
     target = int((order == len(order) - 1).nonzero()[0])
     torch.save({"inputs": x_train, "labels": y_train}, root / "train.pt")
     torch.save({"inputs": cand_x, "labels": cand_y}, root / "test.pt")
-    recipe = _write_recipe(root, {"factory": f"{HERE}:build_digits_cnn"},
+    recipe = _write_recipe(root, MODELS[arch][0],
                            {"train": {"format": "tensors", "path": "train.pt"},
                             "test": {"format": "tensors", "path": "test.pt"}})
     return PlantedRun(recipe, poison, target if attacked else None, source, target_class)
@@ -253,7 +269,10 @@ def build_text_run(root: Path, seed: int, *, attacked: bool = True, n_poison: in
 
 # ---------------------------------------------------------------- measurement
 
-BUILDERS = {"vision": build_vision_run, "text": build_text_run}
+BUILDERS = {"vision": build_vision_run, "text": build_text_run,
+            "vision-blend": partial(build_vision_run, trigger="blend"),
+            "vision-few": partial(build_vision_run, n_poison=15),
+            "vision-mlp": partial(build_vision_run, arch="mlp")}
 METHODS = ("tracin", "gas", "gas-l")
 
 
