@@ -136,7 +136,8 @@ def train_pass(session: Session, method: Method, query: QueryFeatures | None = N
                 finite.append(ok)
                 if query is not None:
                     block += lr * query.per_checkpoint[c].dot(feats)
-            if not bool(torch.isfinite(self_inf).all()):
+            self_cpu = self_inf.cpu()  # the batch's one host sync; the check below reads the copy
+            if not bool(torch.isfinite(self_cpu).all()):
                 _raise_non_finite(session, session.train, idx, list(enumerate(finite)))
             cols = idx.to(session.device)
             if m:
@@ -147,7 +148,7 @@ def train_pass(session: Session, method: Method, query: QueryFeatures | None = N
                 if r:
                     best = block.topk(r, dim=0)
                     col_parts.append((best.values.T.cpu(), best.indices.T.cpu()))
-            self_parts.append(self_inf.cpu())
+            self_parts.append(self_cpu)
             advance(len(idx))
     cpu = lambda pair: (pair[0].cpu(), pair[1].cpu())  # noqa: E731
     return TrainPassResult(

@@ -120,8 +120,13 @@ class Session:
 
     def to_device(self, inputs: Inputs, labels: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
         """Move a batch to the device: floating inputs and regression targets take the run's dtype,
-        class labels become integers."""
+        class labels become integers. Host tensors bound for CUDA are pinned first, so the copy is
+        asynchronous (``non_blocking``) and overlaps the previous batch's work."""
+        pin = self.device.type == "cuda"
+
         def move(t: torch.Tensor) -> torch.Tensor:
+            if pin and t.device.type == "cpu":
+                t = t.pin_memory()
             t = t.to(self.device, non_blocking=True)
             return t.to(self.dtype) if t.is_floating_point() else t
 

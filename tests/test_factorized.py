@@ -251,3 +251,15 @@ def test_tf32_switch_follows_the_recipe(tiny_recipe) -> None:
     assert torch.backends.cuda.matmul.allow_tf32
     Session.from_recipe(load_recipe(run.rewrite(tf32=False)))
     assert not torch.backends.cuda.matmul.allow_tf32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_scores_match_the_cpu(tiny_recipe) -> None:
+    from influence_cli import load_recipe, score
+
+    run = tiny_recipe("cnn", n_train=8, n_test=3, dtype="float64")
+    cpu = score(load_recipe(run.recipe_path), k=3, keep_matrix=True).passes
+    gpu = score(load_recipe(run.rewrite(device="cuda")), k=3, keep_matrix=True).passes  # pinned, non-blocking copies
+    torch.testing.assert_close(gpu.matrix, cpu.matrix, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(gpu.self_influence, cpu.self_influence, rtol=1e-9, atol=1e-12)
