@@ -48,7 +48,7 @@ def make_run(folder: Path, *, html: bool = True) -> Path:
         "new_flagged": [{k: e[k] for k in ("train_index", "given_label", "suggested_label", "suggested_prob", "score")}
                         for e in ranking[:3]]}))
     (out / "ground_truth.json").write_text(json.dumps({"flipped_train_indices": [39, 38, 10, 0],
-                                                       "target_test_indices": [1]}))
+                                                       "target_test_indices": [1], "poison_train_indices": [0, 2, 30]}))
     return out
 
 
@@ -98,6 +98,11 @@ def test_recall_from_ground_truth(page: str) -> None:
     assert "<dt>precision / recall of the flagged</dt><dd>0.500 / 0.500</dd>" in page
     ap = (1 / 1 + 2 / 2 + 3 / 30 + 4 / 40) / 4
     assert f"<dt>average precision</dt><dd>{ap:.3f}</dd>" in page
+
+
+def test_flagged_targets_count_their_planted_poison(page: str) -> None:
+    # both flagged targets list suspects 0..4, of which 0 and 2 are planted poison
+    assert page.count("suspects that are planted poison (truth)</dt><dd>2 of 5 (3 planted)") == 2
 
 
 def test_images_inlined_and_nothing_external(page: str) -> None:

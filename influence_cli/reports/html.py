@@ -251,6 +251,7 @@ def _targets(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> str
     cands = sorted(doc.get("test", []), key=lambda t: t.get("rank", math.inf))
     flagged = _flagged_targets(doc)
     real = {int(i) for i in truth.get("target_test_indices", [])}
+    poison = {int(i) for i in truth.get("poison_train_indices", [])}
     extra = [(k, v) for k, v in doc.items() if not k.startswith("n_") and _is_scalar(v)]
     parts = [_kv([("candidates", len(cands)), ("flagged", len(flagged)), *extra])]
     if cands:
@@ -259,11 +260,15 @@ def _targets(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> str
                                               [str(t["test_index"]) for t in cands]), "anomaly scores"))
     for t in flagged[:MAX_TARGETS]:
         i = t["test_index"]
+        suspects = t.get("suspects", [])
+        planted = ([("suspects that are planted poison (truth)",
+                     f"{sum(s['train_index'] in poison for s in suspects)} of {len(suspects)} "
+                     f"({len(poison)} planted)")] if poison else [])
         head = (f'<div class="subject">{inputs.html("test", i)}<div><h3>flagged target: test example {i}</h3>'
                 + _kv([("anomaly score", t.get("anomaly_score")), ("rank", t.get("rank")),
-                       ("prediction", t.get("prediction"))]) + "</div></div>")
+                       ("prediction", t.get("prediction")), *planted]) + "</div></div>")
         parts.append(f'<article class="target" id="target-{i}">{head}<h4>suspects</h4>'
-                     f'{_gallery(t.get("suspects", []), inputs)}</article>')
+                     f'{_gallery(suspects, inputs)}</article>')
     header = ["rank", "test index", "anomaly score", "prediction", "flagged"] + (["target (truth)"] if real else [])
     rows = [("candidate flagged" if t.get("flagged") else "candidate",
              [t.get("rank"), t["test_index"], t.get("anomaly_score"), t.get("prediction"), _yes(t.get("flagged"))]
