@@ -10,14 +10,20 @@ Scenarios (all seeded, offline; each trains its own model and writes a recipe in
    trigger token is inserted into ``n_poison`` training sentences of class s, relabelled to t.
 3. ``clean``: either scenario without poison (the triggered candidate stays in the candidate set
    and is predicted as its own class): every flag is a false alarm.
+4. Variants of 1 the rule was not designed on: ``vision-blend`` (a diffuse trigger, a fixed random
+   8×8 pattern blended over the whole image at α = 0.2), ``vision-few`` (15 poison instead of 40),
+   ``vision-mlp`` (an MLP instead of the CNN), and ``demo`` (the run of ``influence-cli demo``:
+   1,500 training images with 10% label noise, 297 clean candidates + the target).
 
 Printed per scenario and method, over the seeds: AUPRC of the attack examples in the target's
 full training ranking (one extra ``score`` pass with the whole target row), the target's rank
 among the candidates (1 = first in ``targets.json``: misclassified candidates first, by anomaly
-score), and the number of flagged candidates on clean runs.
+score), whether it is flagged, the flagged non-targets of attacked runs, and the number of flagged
+candidates on clean runs.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/target.py --seeds 5`` (``--first-seed 5`` for held-out seeds,
-``--any-prediction`` for the rule without the misclassified-first ordering, ``--methods gas-l``).
+``--any-prediction`` for the rule without the misclassified-first ordering, ``--methods gas-l``,
+``--scenarios vision-blend,vision-few,vision-mlp,demo``, ``--min-share 1`` for the score-only flag rule).
 """
 
 from __future__ import annotations
@@ -150,7 +156,7 @@ def build_vision_run(root: Path, seed: int, *, attacked: bool = True, n_poison: 
                      n_candidates: int = 100, epochs: int = 30, n_ckpts: int = 5, trigger: str = "patch",
                      arch: str = "cnn") -> PlantedRun:
     """Scenario 1 (or 3 with ``attacked=False``) on scikit-learn digits; ``trigger`` patch|blend,
-    ``arch`` cnn|mlp (Flatten·64·64·10)."""
+    ``arch`` cnn|mlp (Flatten·64→64→64→10)."""
     stamp = TRIGGERS[trigger]
     from sklearn.datasets import load_digits
 
@@ -267,26 +273,40 @@ def build_text_run(root: Path, seed: int, *, attacked: bool = True, n_poison: in
     return PlantedRun(recipe, poison, target if attacked else None, source, target_class)
 
 
+def build_demo_run(root: Path, seed: int, *, attacked: bool = True) -> PlantedRun:
+    """The ``influence-cli demo`` run (10% label noise; 40 poison of digit 2 relabelled 7; clean: no poison)."""
+    from influence_cli.demo import Backdoor, make_digits_run
+
+    backdoor = Backdoor()
+    recipe, data = make_digits_run(root, seed=seed, backdoor=backdoor if attacked else None)
+    return PlantedRun(recipe, data.poison, len(data.test_y) - 1 if attacked else None, backdoor.source,
+                      backdoor.target)
+
+
 # ---------------------------------------------------------------- measurement
 
 BUILDERS = {"vision": build_vision_run, "text": build_text_run,
             "vision-blend": partial(build_vision_run, trigger="blend"),
             "vision-few": partial(build_vision_run, n_poison=15),
-            "vision-mlp": partial(build_vision_run, arch="mlp")}
+            "vision-mlp": partial(build_vision_run, arch="mlp"), "demo": build_demo_run}
 METHODS = ("tracin", "gas", "gas-l")
 
 
 def measure(run: PlantedRun, method: str, k: int | None = None, misclassified_only: bool = True,
-            threshold: float | None = None) -> dict[str, float]:
+            threshold: float | None = None, share_threshold: float | None = None,
+            min_share: float | None = None) -> dict[str, float]:
     """AUPRC of the poison in the target's full ranking, the target's rank, flags, suspects' precision/recall."""
     from sklearn.metrics import average_precision_score
 
     from influence_cli import Session, load_recipe, score
-    from influence_cli.audits.target import DEFAULT_K, DEFAULT_THRESHOLD, target_identify
+    from influence_cli.audits.target import (DEFAULT_K, DEFAULT_MIN_SHARE, DEFAULT_SHARE_THRESHOLD, DEFAULT_THRESHOLD,
+                                             target_identify)
 
     session = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
     result = target_identify(session, method=method, k=k or DEFAULT_K, misclassified_only=misclassified_only,
-                             threshold=threshold or DEFAULT_THRESHOLD)
+                             threshold=threshold or DEFAULT_THRESHOLD,
+                             share_threshold=share_threshold or DEFAULT_SHARE_THRESHOLD,
+                             min_share=DEFAULT_MIN_SHARE if min_share is None else min_share)
     data = result.to_dict()["test"]
     out: dict[str, float] = {"flagged": sum(t["flagged"] for t in data),
                              "misclassified": sum(t["label"] != t["prediction"] for t in data)}
@@ -300,7 +320,7 @@ def measure(run: PlantedRun, method: str, k: int | None = None, misclassified_on
     suspects = {int(i) for i, _ in result.suspects(int((result.test_indices == run.target).nonzero()[0]))}
     poison = set(run.poison.tolist())
     out.update(auprc=float(average_precision_score(is_poison.numpy(), row.numpy())), rank=entry["rank"],
-               target_flagged=float(entry["flagged"]),
+               target_flagged=float(entry["flagged"]), extra_flags=out["flagged"] - float(entry["flagged"]),
                suspect_precision=len(suspects & poison) / max(len(suspects), 1),
                suspect_recall=len(suspects & poison) / len(poison))
     return out
@@ -312,22 +332,27 @@ def main() -> None:
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1 (held-out checks)")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--threshold", type=float, default=None, help="flag rule (default: the command's)")
+    parser.add_argument("--share-threshold", type=float, default=None, help="flag rule (default: the command's)")
+    parser.add_argument("--min-share", type=float, default=None, help="flag rule (default: the command's; 1: off)")
+    parser.add_argument("--top-k", type=int, default=None, help="proponents per candidate (default: the command's)")
     parser.add_argument("--any-prediction", action="store_true", help="flag and rank every candidate, "
                         "not only the misclassified ones first")
-    parser.add_argument("--scenarios", default="vision,text")
+    parser.add_argument("--scenarios", default="vision,text", help=f"comma-separated, of {', '.join(BUILDERS)}")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| scenario | method | suspects AUPRC (median, min) | target #1 | target flagged | suspects P / R "
-          "| clean runs with 0 flags | clean flags (total) | misclassified candidates (attacked runs) |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| other flags (attacked runs) | clean runs with 0 flags | clean flags (total) "
+          "| misclassified candidates (attacked runs) |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in args.scenarios.split(","):
             runs = [(BUILDERS[scenario](Path(tmp) / f"{scenario}{s}{a}", s, attacked=bool(a)), bool(a))
                     for s in range(args.first_seed, args.first_seed + args.seeds) for a in (1, 0)]
             for method in args.methods.split(","):
                 start = time.monotonic()
-                got = [(measure(run, method, misclassified_only=not args.any_prediction, threshold=args.threshold),
-                        attacked)
+                got = [(measure(run, method, k=args.top_k, misclassified_only=not args.any_prediction,
+                                threshold=args.threshold, share_threshold=args.share_threshold,
+                                min_share=args.min_share), attacked)
                        for run, attacked in runs]
                 att = [g for g, a in got if a]
                 clean = [g for g, a in got if not a]
@@ -337,6 +362,7 @@ def main() -> None:
                       f"| {sum(g['target_flagged'] for g in att):.0f}/{len(att)} "
                       f"| {statistics.mean(g['suspect_precision'] for g in att):.2f} / "
                       f"{statistics.mean(g['suspect_recall'] for g in att):.2f} "
+                      f"| {sum(g['extra_flags'] for g in att):.0f} "
                       f"| {sum(g['flagged'] == 0 for g in clean)}/{len(clean)} "
                       f"| {sum(g['flagged'] for g in clean):.0f} "
                       f"| {min(g['misclassified'] for g in att)}–{max(g['misclassified'] for g in att)} "

@@ -53,6 +53,8 @@ def test_target_identify_writes_reports_matching_the_library(run, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--top-k", "0"], "--top-k: must be at least 1"),
     (["--threshold", "-1"], "--threshold: must be positive"),
+    (["--min-share", "1.5"], "--min-share: must be in [0, 1]"),
+    (["--share-threshold", "0"], "--share-threshold: must be positive"),
     (["--test-indices", "0,1"], "--test-indices: target-identify compares candidates"),
     (["--test-indices", "0:3,99"], "--test-indices: index 99 is out of range"),
     (["--test-indices", "a"], "--test-indices: cannot read 'a'"),

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from influence_cli import Session, load_recipe, score
-from influence_cli.audits.target import (TargetResult, best_other, peer_overlap, robust_z, target_identify)
+from influence_cli.audits.target import (TargetResult, best_other, flag_rule, owned_share, peer_overlap, robust_z,
+                                         target_identify)
 from influence_cli.engine import TrainPassResult
 from influence_cli.errors import InfluenceError
 
@@ -62,7 +63,9 @@ def test_clean_run_flags_nothing(planted):
     _, clean = planted
     result = target_identify(_session(clean), method="gas-l")
     assert not bool(result.flagged.any())
-    assert float(result.anomaly.max()) < result.threshold
+    wrong = result.misclassified
+    assert not bool(((result.anomaly > result.share_threshold) & (result.share > result.min_share) & wrong).any())
+    assert not bool(((result.anomaly > result.threshold) & wrong).any())
 
 
 def test_statistic_matches_dense_reference(planted):
@@ -121,7 +124,9 @@ def test_bad_inputs_are_one_line_errors(planted):
     session = _session(planted[0])
     for kwargs, where in (({"test_indices": [0, 1]}, "--test-indices"), ({"test_indices": [0, 0, 1]}, "repeats"),
                           ({"test_indices": [0, 1, 999]}, "index 999"), ({"k": 0}, "--top-k"),
-                          ({"threshold": 0.0}, "--threshold"), ({"method": "nope"}, "nope")):
+                          ({"threshold": 0.0}, "--threshold"), ({"min_share": 1.5}, "--min-share"),
+                          ({"min_share": -0.1}, "--min-share"), ({"share_threshold": 0.0}, "--share-threshold"),
+                          ({"method": "nope"}, "nope")):
         with pytest.raises((InfluenceError, ValueError), match=where):
             target_identify(session, **kwargs)
 
@@ -152,3 +157,31 @@ def test_misclassified_candidates_rank_first_and_only_they_are_flagged(planted):
     assert torch.equal(strict.flagged, loose.flagged & strict.misclassified)
     assert torch.equal(loose.flagged, loose.anomaly > 0.5) and bool((loose.flagged & ~loose.misclassified).any())
     assert [t["label"] for t in strict.to_dict()["test"]] == session.test.labels[strict.order].tolist()
+
+
+def test_flag_rule_by_hand():
+    """flagged ⇔ eligible and (anomaly > τ or (anomaly > τ_s and share > σ)); share = fraction of positive margins."""
+    margin = torch.tensor([[0.3, 0.2, 0.1, -0.1],    # owns 3 of 4
+                           [0.3, -0.2, -0.1, -0.1],  # owns 1 of 4 (e.g. a few flipped labels)
+                           [0.5, 0.4, 0.0, -0.1],    # owns 2 of 4: a tie (margin 0) is not owned
+                           [0.5, 0.4, 0.3, 0.2]])    # owns all, but correctly predicted
+    share = owned_share(margin)
+    assert share.tolist() == [0.75, 0.25, 0.5, 1.0]
+    anomaly = torch.tensor([3.0, 4.0, 4.0, 8.0])
+    eligible = torch.tensor([True, True, True, False])
+    assert flag_rule(anomaly, share, eligible, 5.0, 2.5, 0.5).tolist() == [True, False, False, False]
+    assert flag_rule(anomaly, share, eligible, 5.0, 3.0, 0.5).tolist() == [False, False, False, False]  # strict >
+    assert flag_rule(anomaly, share, eligible, 5.0, 2.5, 0.2).tolist() == [True, True, True, False]
+    assert flag_rule(anomaly, share, eligible, 3.5, 2.5, 1.0).tolist() == [False, True, True, False]   # score alone
+    everyone = torch.ones(4, dtype=torch.bool)
+    assert flag_rule(anomaly, share, everyone, 5.0, 2.5, 0.5).tolist() == [True, False, False, True]
+    assert flag_rule(anomaly, share, everyone, 9.0, 2.5, 0.5).tolist() == [True, False, False, True]
+
+
+def test_result_share_and_flags_follow_the_rule(planted):
+    result = target_identify(_session(planted[0]), threshold=4.0, share_threshold=1.0, min_share=0.3)
+    torch.testing.assert_close(result.share, (result.margin > 0).double().mean(1))
+    high, owned = result.anomaly > 4.0, (result.anomaly > 1.0) & (result.share > 0.3)
+    assert torch.equal(result.flagged, (high | owned) & result.misclassified)
+    row = int(result.order[0])
+    assert len(result.suspects(row)) == round(float(result.share[row]) * result.margin.shape[1])

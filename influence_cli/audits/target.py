@@ -14,7 +14,10 @@ Anomaly statistic (designed by measurement, see ``benchmarks/target.py``)::
             c_j = #{i′ : ŷ_i′ = ŷ_i, j ∈ P_i′}             i.e. mean |P_i ∩ P_i′| / k over the peers
     z(x)  = (x − median x) / (1.4826 · MAD x)               robust z-score over all M candidates
     a_i   = z(e)_i + z(−o)_i                                (z(−o)_i := 0 when i has no peer)
-    anomaly_score_i = z(a)_i;   flagged  ⇔  anomaly_score_i > τ  and  ŷ_i ≠ y_i   (τ = 5 by default)
+    anomaly_score_i = z(a)_i
+    share_i = |{j ∈ P_i : I(z_j, z′_i) > b_ij}| / k                    the share of P_i that i owns (its suspects)
+    flagged_i  ⇔  ŷ_i ≠ y_i  and  (anomaly_score_i > τ  or  (anomaly_score_i > τ_s  and  share_i > σ))
+                  (τ = 5, τ_s = 2.5, σ = 0.5 by default)
 
 The goal of a targeted attack is a *wrong* prediction, so by default (``misclassified_only``) only
 candidates whose prediction ŷ_i differs from their given test label y_i can be flagged, and they
@@ -29,6 +32,19 @@ tail z-scores) did not single it out; e alone and −o alone ranked it first in 
 runs, their sum in 8 of 10 among all candidates, and 10 of 10 (text: 5 of 5) among the
 misclassified ones; the clean candidates that reached the threshold were all correctly predicted
 (see the README table).
+
+The second clause flags a lower score when the candidate owns a majority of its top-k. A plain
+threshold on the anomaly score does not carry over between settings: on the 100-candidate digits
+runs the misclassified clean candidates stayed ≤ 2.6 while targets scored 2.0–9.0, but with 10%
+label noise in training (``influence-cli demo``, 297 candidates) misclassified clean candidates
+reached 6.5 (the flipped training examples are their exclusive proponents, a small natural
+"attack"), and a threshold growing with their number n (τ₀ + √(2 ln n), the expected maximum of n
+normal scores) cannot cover both (n overlaps: 1–9 vs 6–16). What separates them is how much of the
+top-k a candidate owns: 11–22 of 40 for those noisy clean candidates, 18–40 for the targets of 40
+poison (``benchmarks/target.py``, README). σ (a majority) and τ_s = 2.5 were chosen on the design
+seeds and confirmed on held-out seeds and attacks; τ = 5 is the earlier score-only rule, kept so
+that no target it flagged is lost. With fewer poison than σ·k the share clause cannot fire: lower
+``k`` to about the number of attack examples expected.
 
 Suspects of a flagged candidate: its top-k proponents z_j with I(z_j, z′_i) > b_ij, i.e. the
 training examples whose largest influence over all candidates is on this one, by decreasing
@@ -52,6 +68,8 @@ from influence_cli.session import Session
 
 DEFAULT_K = 40
 DEFAULT_THRESHOLD = 5.0
+DEFAULT_SHARE_THRESHOLD = 2.5
+DEFAULT_MIN_SHARE = 0.5
 _MAD_SCALE = 1.4826  # MAD of a standard normal is 1 / 1.4826
 
 
@@ -70,8 +88,15 @@ class TargetResult:
     overlap: torch.Tensor           # [M] o (NaN without peers)
     flagged: torch.Tensor           # [M] bool
     threshold: float
+    share_threshold: float
+    min_share: float
     passes: TrainPassResult         # proponents [M, k] and column_best [N, 2]
     misclassified_only: bool = True
+
+    @property
+    def share(self) -> torch.Tensor:
+        """[M] share_i: the fraction of candidate i's top-k proponents that no other candidate beats."""
+        return owned_share(self.margin)
 
     @property
     def misclassified(self) -> torch.Tensor:
@@ -154,22 +179,40 @@ def peer_overlap(passes: TrainPassResult, predictions: torch.Tensor) -> torch.Te
     return overlap
 
 
+def owned_share(margin: torch.Tensor) -> torch.Tensor:
+    """share_i = |{j ∈ P_i : I(z_j, z′_i) − b_ij > 0}| / k from the margins [M, k]."""
+    return (margin > 0).double().mean(1)
+
+
+def flag_rule(anomaly: torch.Tensor, share: torch.Tensor, eligible: torch.Tensor, threshold: float,
+              share_threshold: float, min_share: float) -> torch.Tensor:
+    """[M] bool: eligible_i and (anomaly_i > τ or (anomaly_i > τ_s and share_i > σ)),
+    with τ = ``threshold``, τ_s = ``share_threshold``, σ = ``min_share``."""
+    return eligible & ((anomaly > threshold) | ((anomaly > share_threshold) & (share > min_share)))
+
+
 def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str = Method.GAS_L,
                     test_indices: Sequence[int] | None = None, k: int = DEFAULT_K,
-                    threshold: float = DEFAULT_THRESHOLD, misclassified_only: bool = True,
+                    threshold: float = DEFAULT_THRESHOLD, share_threshold: float = DEFAULT_SHARE_THRESHOLD,
+                    min_share: float = DEFAULT_MIN_SHARE, misclassified_only: bool = True,
                     progress: Progress | None = None) -> TargetResult:
     """Rank the candidate test examples by anomaly score and flag likely attack targets.
 
-    anomaly_score_i = z(z(e)_i + z(−o)_i), flagged ⇔ anomaly_score_i > ``threshold`` (and, with
-    ``misclassified_only``, ŷ_i ≠ y_i); e (excess) and o (peer overlap) of the top-``k`` proponents,
-    z the median/MAD z-score over the candidates (formulas in the module docstring). Influence is
-    taken at each candidate's predicted label.
+    anomaly_score_i = z(z(e)_i + z(−o)_i); flagged ⇔ anomaly_score_i > ``threshold``, or anomaly_score_i
+    > ``share_threshold`` and share_i > ``min_share`` (the fraction of its top-k that no other candidate
+    beats); with ``misclassified_only`` also ŷ_i ≠ y_i. e (excess) and o (peer overlap) of the top-``k``
+    proponents, z the median/MAD z-score over the candidates (formulas in the module docstring).
+    Influence is taken at each candidate's predicted label.
     """
     method = Method(method)
     if k < 1:
         raise InfluenceError(f"--top-k: must be at least 1, got {k}")
     if not threshold > 0:
         raise InfluenceError(f"--threshold: must be positive, got {threshold}")
+    if not share_threshold > 0:
+        raise InfluenceError(f"--share-threshold: must be positive, got {share_threshold}")
+    if not 0 <= min_share <= 1:
+        raise InfluenceError(f"--min-share: must be in [0, 1] (1: the share rule off), got {min_share}")
     session = recipe_or_session if isinstance(recipe_or_session, Session) else \
         Session.from_recipe(recipe_or_session, need_test=True)
     if session.test is None:
@@ -192,8 +235,7 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
     anomaly = robust_z(combined)
     labels = torch.as_tensor(session.test.labels)[idx]
     misclassified_only = misclassified_only and session.test.labeled  # unlabelled: every prediction counts
-    flagged = anomaly > threshold
-    if misclassified_only:
-        flagged &= predictions != labels
+    eligible = predictions != labels if misclassified_only else torch.ones_like(anomaly, dtype=torch.bool)
+    flagged = flag_rule(anomaly, owned_share(margin), eligible, threshold, share_threshold, min_share)
     return TargetResult(method, session, idx, predictions, labels, anomaly, margin, excess, overlap,
-                        flagged, threshold, passes, misclassified_only)
+                        flagged, threshold, share_threshold, min_share, passes, misclassified_only)

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from influence_cli.audits.target import DEFAULT_K, DEFAULT_THRESHOLD, TargetResult, target_identify
+from influence_cli.audits.target import (DEFAULT_K, DEFAULT_MIN_SHARE, DEFAULT_SHARE_THRESHOLD, DEFAULT_THRESHOLD,
+                                         TargetResult, target_identify)
 from influence_cli.cli.common import (HtmlOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt, console, output_dir,
                                       parse_indices, progress_for, record_run, run_guarded)
 from influence_cli.estimators import Method
@@ -27,6 +28,12 @@ def target_command(
     threshold: Annotated[float, typer.Option(help="Flag candidates whose anomaly score (a median/MAD z-score over "
                                                   "the candidates) exceeds this.", rich_help_panel="Flagging")
                          ] = DEFAULT_THRESHOLD,
+    share_threshold: Annotated[float, typer.Option(help="... or exceeds this and more than --min-share of its "
+                                                        "top-k proponents are its own.", rich_help_panel="Flagging")
+                               ] = DEFAULT_SHARE_THRESHOLD,
+    min_share: Annotated[float, typer.Option(help="Share of the top-k that no other candidate scores higher, for "
+                                                  "--share-threshold (1: that rule off).", rich_help_panel="Flagging")
+                         ] = DEFAULT_MIN_SHARE,
     misclassified_only: Annotated[bool, typer.Option(
         "--misclassified-only/--any-prediction",
         help="Only candidates predicted differently from their test label (an attack's goal) can be flagged, "
@@ -42,7 +49,8 @@ def target_command(
     def body() -> None:
         r, progress = load_recipe(recipe), progress_for(quiet)
         result = target_identify(r, method=method, test_indices=parse_indices(test_indices), k=top_k,
-                                 threshold=threshold, misclassified_only=misclassified_only, progress=progress)
+                                 threshold=threshold, share_threshold=share_threshold, min_share=min_share,
+                                 misclassified_only=misclassified_only, progress=progress)
         written = write_target_reports(result, output_dir(r, out))
         if not quiet:
             console.print(_table(result))

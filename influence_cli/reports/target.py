@@ -21,17 +21,19 @@ def write_target_reports(result: TargetResult, out: Path) -> list[Path]:
     return [
         write_json(out / "targets.json", data),
         write_csv(out / "targets.csv", _COLUMNS, rows),
-        write_summary(out, "target-identify", _summary(data, result.threshold, result.misclassified_only)),
+        write_summary(out, "target-identify",
+                      _summary(data, result)),
         atomic_write(out / "suspects.txt", "".join(f"{i}\n" for i in suspects)),
     ]
 
 
-def _summary(data: dict, threshold: float, misclassified_only: bool, rows: int = 10) -> str:
+def _summary(data: dict, result: TargetResult, rows: int = 10) -> str:
     flagged = [t for t in data["test"] if t["flagged"]]
     lines = [f"# Attack targets ({data['method']})", "",
              f"{len(flagged)} of {len(data['test'])} candidate test example(s) flagged "
-             f"(anomaly score > {threshold:g}, a median/MAD z-score over the candidates"
-             f"{', and prediction ≠ label' if misclassified_only else ''}).", "",
+             f"(anomaly score, a median/MAD z-score over the candidates, > {result.threshold:g}, or "
+             f"> {result.share_threshold:g} with more than {result.min_share:.0%} of the top-k proponents its own"
+             f"{', and prediction ≠ label' if result.misclassified_only else ''}).", "",
              markdown_table(["rank", "test index", "anomaly score", "label", "prediction", "suspects", "flagged"],
                             [(t["rank"], t["test_index"], t["anomaly_score"], t["label"], t["prediction"],
                               len(t["suspects"]),
