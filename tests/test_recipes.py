@@ -11,7 +11,6 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import ATOL, RTOL
 from fixtures.hf_runs import make_model_dir, make_texts, train_with_trainer, write_jsonl
 from fixtures.image_runs import folder_tensors, make_imagefolder, train_plain
 from influence_cli.cli import app

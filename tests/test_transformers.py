@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from fixtures.hf_runs import LABELS, make_model_dir, make_texts, write_jsonl
-from influence_cli import Session, load_recipe, score
+from influence_cli import Session, score
 from influence_cli.errors import DataError, RecipeError
 from influence_cli.gradients.layers import select_parameters
 from influence_cli.gradients.per_example import PerExampleGradients
