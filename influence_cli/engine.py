@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from influence_cli import distributed
-from influence_cli.errors import GradientError
+from influence_cli.errors import GradientError, InfluenceError
 from influence_cli.estimators import Method, layer_weights
 from influence_cli.gradients.per_example import GradientBatch
 from influence_cli.loading.data import Examples
@@ -79,6 +79,37 @@ def _weighted(session: Session, method: Method, c: int, x: object, y: torch.Tens
     return g.scaled(w), (w.pow(2) * sq).sum(1), torch.isfinite(sq).all(1)
 
 
+def _nbytes(obj: object) -> int:
+    """Bytes of the tensors held by a gradient batch (any representation)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.nbytes
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return sum(_nbytes(v) for v in vars(obj).values()) if hasattr(obj, "__dict__") else 0
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (CUDA: ``mem_get_info``; CPU: Linux ``MemAvailable``), or ``None``."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo") as fh:
+            line = next(l for l in fh if l.startswith("MemAvailable:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration, ValueError):
+        return None
+
+
+def _check_query_fits(session: Session, need: float) -> None:
+    """Refuse, before hours of work, a query side (C × M weighted gradients) that cannot fit."""
+    free = available_memory(session.device)
+    if free is not None and need > 0.8 * free:
+        raise InfluenceError(
+            f"the test side needs about {need / 2**30:.1f} GiB ({len(session.weights)} checkpoints × the selected "
+            f"test examples' gradients) but {free / 2**30:.1f} GiB is free on {session.device}; explain fewer "
+            "test examples per run (--test-indices), select fewer `layers`, or set `projection: {dim: K}`")
+
+
 def query_features(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor,
                    progress: Progress | None = None) -> QueryFeatures:
     """Weighted gradients of the query examples ``indices`` (test split) at ``labels``."""
@@ -96,6 +127,8 @@ def query_features(session: Session, method: Method, indices: torch.Tensor, labe
                 feats, _, finite = _weighted(session, method, c, x, y)
                 if not bool(finite.all()):
                     _raise_non_finite(session, session.test, idx, [(c, finite)])
+                if c == 0 and start == 0:
+                    _check_query_fits(session, _nbytes(feats) / len(idx) * len(indices) * len(session.weights))
                 parts.append(feats)
                 advance(len(idx))
             per_checkpoint.append(type(parts[0]).cat(parts))

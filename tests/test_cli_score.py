@@ -186,3 +186,16 @@ def test_a_test_split_without_labels_is_explained_at_the_predictions(run, tmp_pa
     tests = json.loads((out / "influence.json").read_text())["test"]
     assert [t["label"] for t in tests] == [None] * len(tests)
     assert [t["loss_label"] for t in tests] == [t["prediction"] for t in tests]
+
+
+def test_a_test_side_that_cannot_fit_is_refused_before_the_work(run, tmp_path, monkeypatch) -> None:
+    import influence_cli.engine as engine
+
+    monkeypatch.setattr(engine, "available_memory", lambda device: 1000)  # bytes free
+    result = _invoke("score", run.recipe_path, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    message = result.stderr.strip()
+    assert message.startswith("error: the test side needs about 0.0 GiB (2 checkpoints × the selected test examples' "
+                              "gradients) but 0.0 GiB is free on cpu;")
+    assert message.endswith("set `projection: {dim: K}`")
+    assert not (tmp_path / "out").exists()
