@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from influence_cli.audits.mislabel import DEFAULT_METHOD, MislabelMethod, MislabelResult, mislabel_detect
-from influence_cli.cli.common import (HtmlOpt, OutOpt, QuietOpt, RecipeArg, console, output_dir, progress_for,
-                                      record_run, run_guarded)
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, console, output_dir, progress_for,
+                                      record_run, run_guarded, without_cache)
 from influence_cli.recipe import load_recipe
 from influence_cli.reports.mislabel import write_mislabel_reports
 
@@ -25,15 +25,15 @@ FractionOpt = Annotated[float | None, typer.Option(
 
 
 def mislabel_command(recipe: RecipeArg, method: MethodOpt = DEFAULT_METHOD, top: TopOpt = None,
-                     fraction: FractionOpt = None, out: OutOpt = None, html: HtmlOpt = False,
-                     quiet: QuietOpt = False) -> None:
+                     fraction: FractionOpt = None, no_cache: NoCacheOpt = False, out: OutOpt = None,
+                     html: HtmlOpt = False, quiet: QuietOpt = False) -> None:
     """Rank every training example by how likely its label is wrong; suggest the label the model prefers.
 
     Without --top or --fraction, examples whose robust z-score exceeds 3.5 are flagged.
     """
 
     def body() -> None:
-        r, progress = load_recipe(recipe), progress_for(quiet)
+        r, progress = without_cache(load_recipe(recipe), no_cache), progress_for(quiet)
         result = mislabel_detect(r, method=method, top=top, fraction=fraction, progress=progress)
         written = write_mislabel_reports(result, output_dir(r, out))
         if not quiet:

@@ -9,8 +9,8 @@ from rich.table import Table
 
 from influence_cli.audits.target import (DEFAULT_K, DEFAULT_MIN_SHARE, DEFAULT_SHARE_THRESHOLD, DEFAULT_THRESHOLD,
                                          TargetResult, target_identify)
-from influence_cli.cli.common import (HtmlOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt, console, output_dir,
-                                      parse_indices, progress_for, record_run, run_guarded)
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt, console, output_dir,
+                                      parse_indices, progress_for, record_run, run_guarded, without_cache)
 from influence_cli.estimators import Method
 from influence_cli.recipe import load_recipe
 from influence_cli.reports.target import write_target_reports
@@ -39,6 +39,7 @@ def target_command(
         help="Only candidates predicted differently from their test label (an attack's goal) can be flagged, "
              "and they rank first; --any-prediction when the test labels are not ground truth.",
         rich_help_panel="Flagging")] = True,
+    no_cache: NoCacheOpt = False,
     out: OutOpt = None,
     html: HtmlOpt = False,
     quiet: QuietOpt = False,
@@ -47,7 +48,7 @@ def target_command(
     suspected attack examples of each flagged one (suspects.txt)."""
 
     def body() -> None:
-        r, progress = load_recipe(recipe), progress_for(quiet)
+        r, progress = without_cache(load_recipe(recipe), no_cache), progress_for(quiet)
         result = target_identify(r, method=method, test_indices=parse_indices(test_indices), k=top_k,
                                  threshold=threshold, share_threshold=share_threshold, min_share=min_share,
                                  misclassified_only=misclassified_only, progress=progress)
