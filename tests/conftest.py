@@ -12,7 +12,7 @@ import torch
 import yaml
 from torch import nn
 
-from fixtures.tiny_models import build_bert, build_cnn, build_mlp
+from fixtures.tiny_models import build_bert, build_cnn, build_linear, build_mlp
 
 RTOL = 1e-6        # library vs brute-force float64 reference
 ATOL = 1e-12
@@ -25,7 +25,8 @@ VOCAB = 20
 
 Inputs = torch.Tensor | dict[str, torch.Tensor]
 
-FACTORIES: dict[str, Callable[[], nn.Module]] = {"mlp": build_mlp, "cnn": build_cnn, "bert": build_bert}
+FACTORIES: dict[str, Callable[[], nn.Module]] = {"mlp": build_mlp, "cnn": build_cnn, "bert": build_bert,
+                                                   "linear": build_linear}
 
 # Checkpoint formats; those marked True carry their own learning rate (the recipe says `auto`).
 FORMATS: dict[str, bool] = {"plain": False, "training": True, "lr_key": True, "safetensors": False,
@@ -63,7 +64,7 @@ class TinyRun:
 
 def make_inputs(kind: str, n: int, gen: torch.Generator) -> Inputs:
     """Random inputs for the tiny models; BERT gets padded sequences (mask 0 on the padding)."""
-    if kind == "mlp":
+    if kind in ("mlp", "linear"):
         return torch.randn(n, 6, generator=gen)
     if kind == "cnn":
         return 2.0 * torch.randn(n, 1, 8, 8, generator=gen)

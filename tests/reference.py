@@ -80,7 +80,7 @@ def reference_grads(model_factory: Callable[[], nn.Module], ckpts: Sequence[Mapp
             layers: LayerGrads = {}
             for (name, p), g in zip(named, grads):
                 flat = (torch.zeros_like(p) if g is None else g).detach().reshape(-1)
-                owner = name.rpartition(".")[0] or name
+                owner = name.rpartition(".")[0]  # "" for the root module
                 layers[owner] = torch.cat([layers[owner], flat]) if owner in layers else flat
             per_example.append(layers)
         out.append(per_example)

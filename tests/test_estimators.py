@@ -61,6 +61,14 @@ def test_estimators_match_reference(tiny_recipe, kind, subset, factorize):
     _check_all_methods(run, exact, (kind, subset))
 
 
+@pytest.mark.parametrize("factorize", [True, False], ids=["factorized", "torch.func"])
+def test_a_model_that_is_one_layer(tiny_recipe, factorize):
+    """A bare nn.Linear: weight and bias form one layer (the root module), for GAS-L too."""
+    run = tiny_recipe("linear", n_train=7, n_test=3, learning_rates=(0.5, 0.0625), factorize=factorize, seed=3)
+    _check_all_methods(run, None, ("linear", False))
+    assert Session.from_recipe(load_recipe(run.recipe_path)).layout.layer_names == ("",)
+
+
 def test_train_pass_on_a_subset_without_queries(tiny_recipe):
     """Self-influence alone (no query) over a subset of the training set, in the given order."""
     run = tiny_recipe("mlp", n_train=9, n_test=2, learning_rates=(0.2, 0.7))

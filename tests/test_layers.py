@@ -40,3 +40,9 @@ def test_no_trainable_parameters():
     model = nn.Linear(2, 2).requires_grad_(False)
     with pytest.raises(RecipeError, match=r"^layers: the model has no trainable parameters to differentiate$"):
         select_parameters(model, None)
+
+
+def test_a_model_that_is_one_layer_is_one_layer() -> None:
+    layout = select_parameters(nn.Linear(4, 3), None)
+    assert layout.names == ("weight", "bias")
+    assert layout.layer_names == ("",) and layout.slices == ((0, 15),)

@@ -35,7 +35,8 @@ class ParamLayout:
 
 
 def _owner(param_name: str) -> str:
-    return param_name.rpartition(".")[0] or param_name
+    """The module owning a parameter: ``fc1.weight`` → ``fc1``; the root module is ``""``."""
+    return param_name.rpartition(".")[0]
 
 
 def select_parameters(model: nn.Module, patterns: list[str] | None) -> ParamLayout:
@@ -54,7 +55,7 @@ def select_parameters(model: nn.Module, patterns: list[str] | None) -> ParamLayo
 
         for pattern in patterns:
             if not any(matches(n, pattern) for n, _ in params):
-                modules = sorted({_owner(n) for n, _ in params})
+                modules = sorted({_owner(n) or "(the model itself)" for n, _ in params})
                 shown = ", ".join(modules[:8]) + (", ..." if len(modules) > 8 else "")
                 raise RecipeError(f"layers: {pattern!r} matches no trainable module or parameter "
                                   f"of the model (modules: {shown})")
