@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -110,3 +112,32 @@ def test_score_no_cache_flag(tiny_recipe) -> None:
     cached = CliRunner().invoke(app, ["score", str(run.recipe_path), "--quiet"])
     assert cached.exit_code == 0, cached.output
     assert len(list((run.dir / "cache").rglob("*.safetensors"))) == 6
+
+
+def test_editing_the_model_code_or_rewriting_data_invalidates_the_store(tiny_recipe) -> None:
+    from influence_cli import load_recipe
+    from influence_cli.gradients.store import store_key
+
+    run = tiny_recipe("mlp", n_train=6, n_test=2)
+    code = run.dir / "models.py"
+    code.write_text("from torch import nn\ndef build():\n    return nn.Sequential(nn.Linear(6, 3))\n")
+    recipe_path = run.rewrite(model={"factory": "models.py:build"}, cache_dir="cache")
+    first = store_key(load_recipe(recipe_path))
+    stat = (run.dir / "train.pt").stat()
+    code.write_text(code.read_text().replace("nn.Linear(6, 3)", "nn.Linear(6, 3, bias=True)"))
+    assert store_key(load_recipe(recipe_path)) != first
+    second = store_key(load_recipe(recipe_path))
+    data = torch.load(run.dir / "train.pt")
+    data["labels"] = (data["labels"] + 1) % 3  # same size; the mtime is put back below
+    torch.save(data, run.dir / "train.pt")
+    os.utime(run.dir / "train.pt", ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert store_key(load_recipe(recipe_path)) != second
+
+
+def test_a_cache_dir_that_is_a_file_is_a_recipe_error(tiny_recipe) -> None:
+    from influence_cli import load_recipe, score
+    from influence_cli.errors import RecipeError
+
+    run = tiny_recipe("mlp", n_train=6, n_test=2)
+    with pytest.raises(RecipeError, match=r"^cache_dir: cannot create the gradient store in .*train.pt: "):
+        score(load_recipe(run.rewrite(cache_dir="train.pt")), k=2)

@@ -6,7 +6,8 @@ Layout::
     <cache_dir>/<recipe key>/<checkpoint sha256>/<batch key>.safetensors
 
 - The **recipe key** hashes everything that changes a training gradient except the checkpoint:
-  model, training data (with the data file's size and mtime), loss, layers, factorisation,
+  model, training data, loss, layers, factorisation, with the content hash of every file they
+  name (data files, the ``file.py`` of model/data/loss callables),
   projection (dim and seed), dtype and the store format version. ``manifest.json`` records it.
 - Each **checkpoint** has its own folder named by its content hash (``session.checkpoints[c].sha256``),
   so a changed checkpoint invalidates only its own shards.
@@ -32,7 +33,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from influence_cli.errors import GradientError
+from influence_cli.errors import GradientError, RecipeError
 from influence_cli.gradients.factorized import Factors, LayerGrads
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, GradientBatch
@@ -81,17 +82,32 @@ def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: t
     return LayerGrads(blocks, layout)
 
 
+def _named_files(recipe: Recipe, *sections: dict[str, Any] | str) -> dict[str, str]:
+    """sha256 of every existing file the given recipe values name: data files, and the
+    ``file.py`` of ``file.py:callable`` references (model and data factories, a custom loss)."""
+    from influence_cli.loading.checkpoints import file_sha256
+
+    values = [v for sec in sections for v in (sec.values() if isinstance(sec, dict) else [sec])]
+    files = {}
+    for value in values:
+        if not isinstance(value, str) or not value:
+            continue
+        ref, sep, _ = value.rpartition(":")
+        path = ref if sep and ref.endswith(".py") else value
+        if recipe.resolve(path).is_file():
+            files[path] = file_sha256(recipe.resolve(path))
+    return files
+
+
 def store_key(recipe: Recipe) -> dict[str, Any]:
     """What the training gradients depend on, apart from the checkpoints: the recipe's model,
-    training data (each existing file it names adds its size and mtime), loss, layers,
-    factorisation, projection and dtype."""
+    training data, loss, layers, factorisation, projection and dtype, with the content hash of
+    every file they name (data files; ``file.py`` of model/data/loss callables), so an edited
+    ``models.py`` or a rewritten data file never reuses stale gradients."""
     train = recipe.data.train.model_dump(mode="json")
-    files = {}
-    for value in train.values():
-        if isinstance(value, str) and value and recipe.resolve(value).is_file():
-            stat = recipe.resolve(value).stat()
-            files[value] = [stat.st_size, stat.st_mtime_ns]
-    return {"model": recipe.model.model_dump(mode="json"), "train": train, "train_files": files,
+    model = recipe.model.model_dump(mode="json")
+    files = _named_files(recipe, train, model, recipe.loss)
+    return {"model": model, "train": train, "train_files": files,
             "loss": recipe.loss, "layers": recipe.layers, "factorize": recipe.factorize, "dtype": recipe.dtype,
             "projection": None if recipe.projection is None else recipe.projection.model_dump(mode="json")}
 
@@ -103,7 +119,10 @@ class GradientStore:
         self.key = {**key, "format": FORMAT_VERSION}
         text = json.dumps(self.key, sort_keys=True, default=str)
         self.dir = root / _digest(text)
-        self.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RecipeError(f"cache_dir: cannot create the gradient store in {root}: {exc.strerror or exc}") from None
         manifest = self.dir / "manifest.json"
         if not manifest.exists():
             tmp = manifest.with_name(f"manifest.json.{os.getpid()}.part")
