@@ -47,7 +47,8 @@ class ModelSpec(_Section):
         return self
 
 
-Rate = Annotated[float, Field(ge=0)]  # η_c; negative would flip every score's sign
+# η_c: finite and ≥ 0 (negative would flip every score's sign); YAML `true` is not a number
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | Annotated[int, Field(ge=0, strict=True)]
 LearningRate = Union[Rate, Literal["auto"]]
 
 
@@ -212,7 +213,7 @@ class Recipe(_Section):
     data: DataSpec
     loss: str = Field("cross_entropy", description="cross_entropy | mse | bce_with_logits | file.py:fn")
     layers: list[str] | None = Field(None, description="module/parameter names or globs; null = all")
-    batch_size: PositiveInt = 256
+    batch_size: Annotated[int, Field(gt=0, strict=True)] = 256
     device: str = "auto"
     dtype: Literal["float32", "float64", "bfloat16"] = Field(
         "float32", description="model and gradient precision; bfloat16 accumulates scores in float32")

@@ -9,7 +9,8 @@ import torch
 
 from conftest import random_state, save_checkpoint
 from influence_cli import Session, load_recipe
-from influence_cli.loading.checkpoints import fit_to_model, list_checkpoints, load_checkpoint
+from influence_cli.errors import CheckpointError
+from influence_cli.loading.checkpoints import CheckpointRef, fit_to_model, list_checkpoints, load_checkpoint
 from influence_cli.recipe import parse_recipe
 
 
@@ -102,3 +103,17 @@ def test_fit_to_model_returns_exactly_the_models_keys(tiny_recipe):
     ckpt = _load_one(run.dir, run.ckpt_paths[0], 1.0)
     fitted = fit_to_model(run.factory(), ckpt, "here")
     _assert_same(fitted, run.states[0])
+
+
+@pytest.mark.parametrize("value, message", [
+    (-0.1, "the file's learning rate is -0.1; it must be finite and ≥ 0 (set learning_rate in the recipe)"),
+    (float("nan"), "the file's learning rate is nan; it must be finite and ≥ 0 (set learning_rate in the recipe)"),
+    (True, "learning_rate is auto but the file has no numeric learning_rate/lr key or optimizer state; "
+           "set learning_rate in the recipe"),
+])
+def test_a_bad_learning_rate_in_the_file_is_refused(tmp_path, value, message) -> None:
+    path = tmp_path / "c.pt"
+    torch.save({"model_state_dict": {"w": torch.zeros(2)}, "learning_rate": value}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(CheckpointRef(path, "auto", "checkpoints[0]"))
+    assert info.value.message == f"checkpoints[0] ({path}): {message}"

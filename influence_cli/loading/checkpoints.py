@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -120,9 +121,13 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _learning_rate_in(obj: Mapping[str, Any]) -> float | None:
     for key in ("learning_rate", "lr"):
-        if isinstance(obj.get(key), (int, float)):
+        if _number(obj.get(key)):
             return float(obj[key])
     for key in _OPTIMIZER_KEYS:
         opt = obj.get(key)
@@ -130,7 +135,7 @@ def _learning_rate_in(obj: Mapping[str, Any]) -> float | None:
             opt = opt[0]
         if isinstance(opt, Mapping):
             groups = opt.get("param_groups")
-            if isinstance(groups, list) and groups and isinstance(groups[0].get("lr"), (int, float)):
+            if isinstance(groups, list) and groups and _number(groups[0].get("lr")):
                 return float(groups[0]["lr"])
     return None
 
@@ -177,8 +182,11 @@ def load_checkpoint(ref: CheckpointRef, *, trust: bool = False) -> Checkpoint:
     if lr == "auto":
         lr = _learning_rate_in(container)
         if lr is None:
-            raise CheckpointError(f"{ref.where}: learning_rate is auto but the file has no "
+            raise CheckpointError(f"{ref.where}: learning_rate is auto but the file has no numeric "
                                   "learning_rate/lr key or optimizer state; set learning_rate in the recipe")
+        if not (math.isfinite(lr) and lr >= 0):
+            raise CheckpointError(f"{ref.where}: the file's learning rate is {lr}; it must be finite and ≥ 0 "
+                                  "(set learning_rate in the recipe)")
     if ref.strip_prefix:
         state = _select_prefix(state, ref.strip_prefix, ref.where)
     return Checkpoint(ref.path, float(lr), _strip_prefix(state, "module."), file_sha256(ref.path))
