@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from influence_cli.errors import DataError
+from influence_cli.errors import DataError, RecipeError
 from influence_cli.gradients.layers import ParamLayout, select_parameters
 from influence_cli.gradients.factorized import FactorizedGradients
 from influence_cli.gradients.per_example import (GradientBatch, HalveOnOutOfMemory, Inputs, PerExampleGradients,
@@ -160,9 +160,15 @@ class Session:
             shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{examples.name}: the model rejects inputs of shape {shape}: {first}") from None
-        if not self.is_classifier or not examples.labeled:
+        if not examples.labeled:
+            return
+        if not self.is_classifier:
+            self._check_loss(examples, out, y)
             return
         labels = examples.labels
+        if labels.dim() != 1:
+            raise DataError(f"{examples.name}: {self.recipe.loss} needs one class index per example (shape [N]), "
+                            f"got labels of shape {tuple(labels.shape)}")
         if labels.is_floating_point():
             if not torch.equal(labels, labels.round()):
                 raise DataError(f"{examples.name}: labels must be class indices for {self.recipe.loss}, "
@@ -175,3 +181,16 @@ class Session:
             i = int(bad[0])
             raise DataError(f"{examples.name}: label {labels[i].item():g} of example {i} is out of range "
                             f"for a model with {out.shape[1]} outputs")
+
+    def _check_loss(self, examples: Examples, out: torch.Tensor, y: torch.Tensor) -> None:
+        """The loss must take the model's outputs with these targets and return one value per example."""
+        try:
+            loss = self.loss_fn(out, y)
+        except Exception as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DataError(f"{examples.name}: loss {self.recipe.loss!r} cannot compare model outputs of shape "
+                            f"{tuple(out.shape)} with targets of shape {tuple(y.shape)}: {first}") from None
+        if not isinstance(loss, torch.Tensor) or loss.shape != (len(y),):
+            got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise RecipeError(f"loss: {self.recipe.loss!r} must return one loss per example (shape "
+                              f"[{len(y)}] for {len(y)} examples), got {got}")

@@ -97,6 +97,18 @@ CASES = {
     "wrong-input-shape": ({"test": (torch.randn(2, 5), torch.tensor([0, 1]))}, lambda r: None,
                           "data.test: the model rejects inputs of shape (2, 5): addmm: mat1 and mat2 shapes cannot "
                           "be multiplied (2x5 and 6x8)"),
+    "labels-2d": ({"train": (torch.randn(5, 6), LABELS5[:, None])}, lambda r: None,
+                  "data.train: cross_entropy needs one class index per example (shape [N]), got labels of shape (5, 1)"),
+    "integer-checkpoint-tensor": ({}, lambda r: _save_state(r, 0, **{"0.weight": r.states[0]["0.weight"].long()}),
+                                  "checkpoints[0] ({dir}/epoch1.pt): 0.weight holds torch.int64 values but the model "
+                                  "expects torch.float64"),
+    "mse-with-class-labels": ({}, lambda r: r.rewrite(loss="mse"),
+                              "data.train: loss 'mse' cannot compare model outputs of shape (2, 3) with targets of "
+                              "shape (2,): shape '[2, 3]' is invalid for input of size 2"),
+    "loss-not-per-example": ({}, lambda r: (r.dir.joinpath("l.py").write_text(
+                                 "def mean_loss(out, y):\n    return (out ** 2).mean()\n"), r.rewrite(loss="l.py:mean_loss")),
+                             "loss: 'l.py:mean_loss' must return one loss per example (shape [2] for 2 examples), "
+                             "got ()"),
     "inf-input-train": ({"train": (_inf_input(), LABELS5)}, lambda r: None,
                         "data.train: the gradient of example 3 at checkpoint {dir}/epoch1.pt is not finite (NaN or "
                         "inf loss); check that example's inputs and label"),

@@ -114,6 +114,9 @@ def test_errors(tiny_recipe):
     with pytest.raises(InfluenceError, match="unknown mislabel method 'bogus'"):
         mislabel_detect(load_recipe(run.recipe_path), method="bogus")
     run.rewrite(loss="mse")
+    for split in ("train", "test"):  # regression targets, one per model output
+        data = torch.load(run.dir / f"{split}.pt")
+        torch.save({"inputs": data["inputs"], "labels": torch.randn(len(data["labels"]), 3)}, run.dir / f"{split}.pt")
     with pytest.raises(InfluenceError, match="needs a classification loss"):
         mislabel_detect(load_recipe(run.recipe_path))
 

@@ -212,4 +212,7 @@ def fit_to_model(model: nn.Module, ckpt: Checkpoint, where: str) -> dict[str, to
         if got.shape != tensor.shape:
             raise CheckpointError(f"{where}: {name} has shape {tuple(got.shape)} but the model "
                                   f"expects {tuple(tensor.shape)}")
+        if got.is_floating_point() != tensor.is_floating_point():
+            raise CheckpointError(f"{where}: {name} holds {got.dtype} values but the model expects "
+                                  f"{tensor.dtype}")
     return {k: ckpt.state[k] for k in expected}
