@@ -80,8 +80,8 @@ def _plain(value: torch.Tensor) -> int | float | list[Any]:
 
 
 def check_indices(indices: Sequence[int], n: int, what: str) -> torch.Tensor:
-    """``indices`` as a tensor after checking each lies in [0, n)."""
-    idx = torch.as_tensor(list(indices), dtype=torch.long)
+    """``indices`` as a tensor after checking each lies in [0, n); repeats are dropped (first kept)."""
+    idx = torch.as_tensor(list(dict.fromkeys(int(i) for i in indices)), dtype=torch.long)
     if len(idx) == 0:
         raise InfluenceError(f"{what}: no indices selected")
     bad = idx[(idx < 0) | (idx >= n)]

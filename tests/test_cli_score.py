@@ -199,3 +199,9 @@ def test_a_test_side_that_cannot_fit_is_refused_before_the_work(run, tmp_path, m
                               "gradients) but 0.0 GiB is free on cpu;")
     assert message.endswith("set `projection: {dim: K}`")
     assert not (tmp_path / "out").exists()
+
+
+def test_repeated_test_indices_are_explained_once(run, tmp_path) -> None:
+    out = tmp_path / "out"
+    assert _invoke("score", run.recipe_path, "--out", out, "--test-indices", "1,1,0:2", "-q").exit_code == 0
+    assert [t["test_index"] for t in json.loads((out / "influence.json").read_text())["test"]] == [1, 0]
