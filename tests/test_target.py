@@ -122,7 +122,7 @@ def test_robust_z_and_peer_overlap_by_hand():
 
 def test_bad_inputs_are_one_line_errors(planted):
     session = _session(planted[0])
-    for kwargs, where in (({"test_indices": [0, 1]}, "--test-indices"), ({"test_indices": [0, 0, 1]}, "repeats"),
+    for kwargs, where in (({"test_indices": [0, 1]}, "--test-indices"), ({"test_indices": [0, 0, 1]}, "3 distinct test examples \\(got 2\\)"),
                           ({"test_indices": [0, 1, 999]}, "index 999"), ({"k": 0}, "--top-k"),
                           ({"threshold": 0.0}, "--threshold"), ({"min_share": 1.5}, "--min-share"),
                           ({"min_share": -0.1}, "--min-share"), ({"share_threshold": 0.0}, "--share-threshold"),

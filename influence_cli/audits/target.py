@@ -222,9 +222,9 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
                              f"not {session.recipe.loss!r}")
     idx = check_indices(range(len(session.test)) if test_indices is None else test_indices,
                         len(session.test), "--test-indices")
-    if len(idx) < 3 or len(idx.unique()) != len(idx):
+    if len(idx) < 3:  # check_indices has dropped repeats
         raise InfluenceError(f"--test-indices: target-identify compares candidates; give at least 3 distinct "
-                             f"test examples (got {len(idx)}{', with repeats' if len(idx.unique()) != len(idx) else ''})")
+                             f"test examples (got {len(idx)})")
     predictions = session.predict(session.test, idx)[0]
     query = query_features(session, method, idx, predictions, progress)
     passes = train_pass(session, method, query, k=k, progress=progress, column_best=2)
