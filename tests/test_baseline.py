@@ -98,3 +98,10 @@ def test_bad_baseline_files_are_one_line_errors(tmp_path: Path, content: str | N
     with pytest.raises(DataError) as err:
         Baseline.load(path)
     assert words in err.value.message and str(path) in err.value.message and "\n" not in err.value.message
+
+
+def test_a_folder_is_not_a_baseline(tmp_path: Path) -> None:
+    folder = tmp_path / "b"
+    folder.mkdir()
+    with pytest.raises(DataError, match=r"/b: the baseline must be a file, not a folder$"):
+        Baseline.load(folder)

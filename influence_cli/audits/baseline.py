@@ -92,6 +92,8 @@ class Baseline:
     @classmethod
     def load(cls, path: Path) -> "Baseline":
         """Read a baseline file; a missing or malformed file is a one-line :class:`DataError`."""
+        if path.is_dir():
+            raise DataError(f"{path}: the baseline must be a file, not a folder")
         if not path.is_file():
             raise DataError(f"{path}: baseline file not found; create it with `influence-cli check RECIPE "
                             "--update-baseline`")

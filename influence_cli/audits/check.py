@@ -267,7 +267,11 @@ def _candidates(session: Session, spec: NoAttackTargetRule) -> list[int] | None:
                               f"range for {n} test examples")
     if spec.candidates is None:
         return None
-    return sorted(set(spec.candidates) | set(spec.test_indices or ()))
+    chosen = sorted(set(spec.candidates) | set(spec.test_indices or ()))
+    if len(chosen) < 3:
+        raise RecipeError(f"{session.recipe.source}: checks.no_attack_target.candidates: target-identify compares "
+                          f"candidates; give at least 3 distinct test examples (got {len(chosen)})")
+    return chosen
 
 
 @dataclass(frozen=True)
