@@ -33,7 +33,6 @@ from __future__ import annotations
 import atexit
 import math
 import os
-import re
 import signal
 import threading
 from dataclasses import fields
@@ -43,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.distributed as dist
 
-from influence_cli.errors import InfluenceError
+from influence_cli.errors import InfluenceError, first_line
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.topk import merge_topk
 
@@ -136,7 +135,7 @@ def init() -> bool:
     except (RuntimeError, ValueError, TimeoutError) as exc:
         where = f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}"
         raise DistributedError(f"rank {r} of {w}: cannot join the {backend} process group at {where}: "
-                               f"{_first_line(exc)}") from None
+                               f"{first_line(exc)}") from None
     atexit.register(_leave)
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)  # torchrun's SIGTERM to the survivors becomes a message
@@ -151,12 +150,6 @@ def _leave() -> None:
 def _on_sigterm(signum: int, frame: Any) -> None:
     raise DistributedError(f"rank {rank()} of {world_size()}: stopped by SIGTERM; torchrun stops every rank when "
                            "one fails: see that rank's message", exit_code=128 + signum)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first line of an exception's message, without a leading ``[file.cc:123]`` (gloo's)."""
-    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip())
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def shard(indices: torch.Tensor, batch_size: int, r: int, w: int) -> torch.Tensor:
@@ -176,7 +169,7 @@ def _all_gather(obj: Any, what: str) -> list[Any]:
     except RuntimeError as exc:  # DistBackendError, DistNetworkError, timeouts
         raise DistributedError(f"rank {rank()} of {world_size()}: lost the other ranks while {what} (one probably "
                                f"failed or hung, see its message; timeout {timeout_seconds():g} s from "
-                               f"{TIMEOUT_ENV}): {_first_line(exc)}") from None
+                               f"{TIMEOUT_ENV}): {first_line(exc)}") from None
     return parts
 
 
@@ -230,7 +223,7 @@ def _describe(exc: Exception) -> tuple[str, int]:
     """(message, exit code) of a rank's failure, for the other ranks to report."""
     if isinstance(exc, InfluenceError):
         return exc.message, exc.exit_code
-    return f"{type(exc).__name__}: {_first_line(exc)}", 3
+    return f"{type(exc).__name__}: {first_line(exc)}", 3
 
 
 def merge(parts: list["TrainPassResult | None"], k: int) -> "TrainPassResult":

@@ -7,6 +7,8 @@ message on stderr and an exit code; notebook users get an ordinary exception.
 
 from __future__ import annotations
 
+import re
+
 
 class InfluenceError(Exception):
     """A problem with the user's input: recipe, checkpoints, data, or options.
@@ -35,3 +37,10 @@ class DataError(InfluenceError):
 
 class GradientError(InfluenceError):
     """A gradient is not finite (NaN or infinite loss)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty), without
+    a leading ``[file.cc:123]`` location that C++ backends such as gloo prepend."""
+    text = re.sub(r"^\[[^\]]*\]\s*", "", str(exc).strip())
+    return text.splitlines()[0] if text else type(exc).__name__

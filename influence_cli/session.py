@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from influence_cli.errors import DataError, RecipeError
+from influence_cli.errors import DataError, RecipeError, first_line
 from influence_cli.gradients.layers import ParamLayout, select_parameters
 from influence_cli.gradients.factorized import FactorizedGradients
 from influence_cli.gradients.per_example import (GradientBatch, HalveOnOutOfMemory, Inputs, PerExampleGradients,
@@ -158,8 +158,7 @@ class Session:
                 out = call_model(self.model, self.weights[-1], x)
         except Exception as exc:
             shape = {k: tuple(v.shape) for k, v in x.items()} if isinstance(x, dict) else tuple(x.shape)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise DataError(f"{examples.name}: the model rejects inputs of shape {shape}: {first}") from None
+            raise DataError(f"{examples.name}: the model rejects inputs of shape {shape}: {first_line(exc)}") from None
         if not examples.labeled:
             return
         if not self.is_classifier:
@@ -187,9 +186,8 @@ class Session:
         try:
             loss = self.loss_fn(out, y)
         except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DataError(f"{examples.name}: loss {self.recipe.loss!r} cannot compare model outputs of shape "
-                            f"{tuple(out.shape)} with targets of shape {tuple(y.shape)}: {first}") from None
+                            f"{tuple(out.shape)} with targets of shape {tuple(y.shape)}: {first_line(exc)}") from None
         if not isinstance(loss, torch.Tensor) or loss.shape != (len(y),):
             got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise RecipeError(f"loss: {self.recipe.loss!r} must return one loss per example (shape "

@@ -20,7 +20,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils._pytree import tree_map
 
-from influence_cli.errors import GradientError
+from influence_cli.errors import GradientError, first_line
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.losses import LossFn, model_outputs
 
@@ -145,7 +145,7 @@ class PerExampleGradients:
             except Exception:
                 raise exc from None
             self.batched = False
-            first = str(exc).strip().splitlines()[0][:160]
+            first = first_line(exc)[:160]
             warnings.warn(f"vmap cannot batch {type(self.model).__name__} ({first}); computing per-example "
                           "gradients one example at a time, which is exact but slower", RuntimeWarning,
                           stacklevel=3)

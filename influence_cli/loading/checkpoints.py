@@ -29,7 +29,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from influence_cli.errors import CheckpointError, RecipeError
+from influence_cli.errors import CheckpointError, RecipeError, first_line
 from influence_cli.recipe import CheckpointGlob, HFTrainerCheckpoints, Recipe
 
 _STATE_KEYS = ("model_state_dict", "state_dict", "model")
@@ -105,7 +105,7 @@ def _read(ref: CheckpointRef, trust: bool) -> Any:
         return torch.load(ref.path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as exc:
         if trust:
-            raise CheckpointError(f"{ref.where}: cannot unpickle: {str(exc).splitlines()[0]}") from None
+            raise CheckpointError(f"{ref.where}: cannot unpickle: {first_line(exc)}") from None
         if "Unsupported global" not in str(exc):  # corrupt or not a checkpoint: pickle would not help
             raise CheckpointError(f"{ref.where}: not a readable PyTorch checkpoint (corrupt or another "
                                   "format)") from None
@@ -114,7 +114,7 @@ def _read(ref: CheckpointRef, trust: bool) -> Any:
             "`trust_checkpoints: true` in the recipe if you trust it") from None
     except Exception as exc:
         raise CheckpointError(f"{ref.where}: not a readable PyTorch checkpoint: "
-                              f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+                              f"{type(exc).__name__}: {first_line(exc)}") from None
 
 
 def _is_state_dict(obj: Any) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Mapping
 import torch
 from torch.utils.data import Dataset, default_collate
 
-from influence_cli.errors import DataError
+from influence_cli.errors import DataError, first_line
 from influence_cli.loading.imports import import_callable
 from influence_cli.recipe import FactoryData, ImageFolderData, Recipe, TensorsData, TextData, TorchvisionData
 
@@ -145,7 +145,7 @@ def _load_tensor_file(path: Path, key: str) -> Mapping[str, Any]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise DataError(f"{key}.path: cannot read {path}: {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+                        f"{first_line(exc)}") from None
     if not isinstance(obj, Mapping):
         raise DataError(f"{key}.path: {path} holds a {type(obj).__name__}, expected a dict with inputs and labels")
     return obj

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from influence_cli.errors import DataError, RecipeError
+from influence_cli.errors import DataError, RecipeError, first_line
 from influence_cli.loading.data import Examples
 from influence_cli.recipe import Recipe, TextData
 
@@ -49,7 +49,7 @@ def load_config(recipe: Recipe) -> Any:
                                                     **overrides)
     except (OSError, ValueError) as exc:
         raise RecipeError(f"model.transformers: cannot read a model config in {folder}: "
-                          f"{str(exc).strip().splitlines()[0]}") from None
+                          f"{first_line(exc)}") from None
     if unused:
         raise RecipeError(f"model.kwargs.{next(iter(unused))}: not a setting of the {config.model_type} config")
     return config
@@ -64,7 +64,7 @@ def build_transformers_model(recipe: Recipe) -> nn.Module:
         return AutoModelForSequenceClassification.from_config(config)
     except ValueError as exc:
         raise RecipeError(f"model.task: {config.model_type} has no {recipe.model.task} head: "
-                          f"{str(exc).strip().splitlines()[0]}") from None
+                          f"{first_line(exc)}") from None
 
 
 def _forward_inputs(config: Any) -> set[str] | None:
@@ -178,7 +178,7 @@ def load_text(spec: TextData, recipe: Recipe, key: str) -> TextExamples:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError) as exc:
         raise RecipeError(f"{tok_key}: cannot load a tokenizer from {folder}: "
-                          f"{str(exc).strip().splitlines()[0]}") from None
+                          f"{first_line(exc)}") from None
     if tokenizer.pad_token is None:
         raise DataError(f"{tok_key}: the tokenizer in {folder} has no pad token, needed to pad batches")
     accepted = _forward_inputs(config) if config is not None else None

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import Dataset
 
-from influence_cli.errors import DataError, RecipeError
+from influence_cli.errors import DataError, RecipeError, first_line
 from influence_cli.loading.data import DatasetExamples
 from influence_cli.recipe import ImageFolderData, Recipe, TorchvisionData, TransformStep
 
@@ -108,7 +108,7 @@ def load_imagefolder(spec: ImageFolderData, recipe: Recipe, key: str) -> Dataset
         dataset = Folder(str(root), loader=default_loader, extensions=exts,
                          transform=build_transform(spec.transform, f"{key}.transform"), allow_empty=classes is not None)
     except FileNotFoundError as exc:
-        raise DataError(f"{key}.root: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"{key}.root: {first_line(exc)}") from None
     return _examples(dataset, key)
 
 
@@ -132,5 +132,5 @@ def load_torchvision_dataset(spec: TorchvisionData, recipe: Recipe, key: str) ->
         raise RecipeError(f"{key}.kwargs: {exc}") from None
     except (RuntimeError, OSError, ValueError) as exc:
         raise DataError(f"{key}: torchvision.datasets.{spec.name} cannot load from "
-                        f"{kwargs.get('root', '(no root)')}: {str(exc).strip().splitlines()[0]}") from None
+                        f"{kwargs.get('root', '(no root)')}: {first_line(exc)}") from None
     return _examples(dataset, key)
