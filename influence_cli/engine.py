@@ -22,7 +22,7 @@ import torch
 
 from influence_cli import distributed
 from influence_cli.errors import GradientError, InfluenceError
-from influence_cli.estimators import Method, layer_weights
+from influence_cli.estimators import Method, layer_weights, self_influence_term
 from influence_cli.gradients.per_example import GradientBatch
 from influence_cli.loading.data import Examples
 from influence_cli.progress import NoProgress, Progress
@@ -76,7 +76,7 @@ def _weighted(session: Session, method: Method, c: int, x: object, y: torch.Tens
         g = session.train_gradients(c, train_idx, x, y)
     sq = g.layer_sq_norms().to(session.score_dtype)
     w = layer_weights(sq, method)
-    return g.scaled(w), (w.pow(2) * sq).sum(1), torch.isfinite(sq).all(1)
+    return g.scaled(w), self_influence_term(sq, w), torch.isfinite(sq).all(1)
 
 
 def _nbytes(obj: object) -> int:

@@ -55,6 +55,7 @@ def layer_weights(sq_norms: torch.Tensor, method: Method | str) -> torch.Tensor:
 
 
 
-def self_influence_term(sq_norms: torch.Tensor, method: Method | str) -> torch.Tensor:
-    """One checkpoint's Σ_l w_l² ‖g^l‖² for each example ([B, L] → [B]), before η_c."""
-    return (layer_weights(sq_norms, method).pow(2) * sq_norms).sum(1)
+def self_influence_term(sq_norms: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """One checkpoint's Σ_l w_l² ‖g^l‖² for each example ([B, L] → [B]), before η_c, from the
+    layer squared norms and the weights :func:`layer_weights` gave them."""
+    return (weights.pow(2) * sq_norms).sum(1)

@@ -153,5 +153,5 @@ def test_layer_weights_zero_norm():
     sq = torch.tensor([[0.0, 4.0], [0.0, 0.0]], dtype=torch.float64)
     assert layer_weights(sq, Method.GAS_L).tolist() == [[0.0, 0.5], [0.0, 0.0]]
     assert layer_weights(sq, Method.GAS).tolist() == [[0.5, 0.5], [0.0, 0.0]]
-    assert self_influence_term(sq, Method.GAS_L).tolist() == [1.0, 0.0]
-    assert self_influence_term(sq, Method.TRACIN).tolist() == [4.0, 0.0]
+    assert self_influence_term(sq, layer_weights(sq, Method.GAS_L)).tolist() == [1.0, 0.0]
+    assert self_influence_term(sq, layer_weights(sq, Method.TRACIN)).tolist() == [4.0, 0.0]
