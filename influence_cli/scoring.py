@@ -101,7 +101,7 @@ def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
     method, test_labels = Method(method), TestLabels(test_labels)
     if k < 1:
         raise InfluenceError(f"--top-k: must be at least 1, got {k}")
-    session = recipe if isinstance(recipe, Session) else Session.from_recipe(recipe, need_test=True)
+    session = Session.of(recipe, need_test=True)
     if session.test is None:
         raise InfluenceError("data.test: score needs a test split; add it to the recipe")
     idx = check_indices(range(len(session.test)) if test_indices is None else test_indices,

@@ -93,6 +93,13 @@ class Session:
                 session._check_split(split)
         return session
 
+    @classmethod
+    def of(cls, recipe_or_session: "Recipe | Session", *, need_test: bool = False) -> "Session":
+        """The session itself, or one loaded from the recipe (what every library entry point accepts)."""
+        if isinstance(recipe_or_session, Session):
+            return recipe_or_session
+        return cls.from_recipe(recipe_or_session, need_test=need_test)
+
     def train_gradients(self, c: int, indices: torch.Tensor, inputs: Inputs, labels: torch.Tensor) -> GradientBatch:
         """g_c(z) of the training examples ``indices`` (already batched as ``inputs``/``labels``):
         read from the gradient store when it holds them, else computed (and stored)."""

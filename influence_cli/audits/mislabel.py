@@ -247,7 +247,7 @@ def mislabel_detect(recipe_or_session: Recipe | Session, *, method: MislabelMeth
         choices = ", ".join(m.value for m in MislabelMethod)
         raise InfluenceError(f"--method: unknown mislabel method {method!r} (choose from {choices})") from None
     rule = FlagRule(top, fraction)
-    session = recipe_or_session if isinstance(recipe_or_session, Session) else Session.from_recipe(recipe_or_session)
+    session = Session.of(recipe_or_session)
     if not session.is_classifier:
         raise InfluenceError(f"loss: mislabel-detect needs a classification loss (cross_entropy), "
                              f"not {session.recipe.loss!r}")

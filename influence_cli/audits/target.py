@@ -213,8 +213,7 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
         raise InfluenceError(f"--share-threshold: must be positive, got {share_threshold}")
     if not 0 <= min_share <= 1:
         raise InfluenceError(f"--min-share: must be in [0, 1] (1: the share rule off), got {min_share}")
-    session = recipe_or_session if isinstance(recipe_or_session, Session) else \
-        Session.from_recipe(recipe_or_session, need_test=True)
+    session = Session.of(recipe_or_session, need_test=True)
     if session.test is None:
         raise InfluenceError("data.test: target-identify needs a test split of candidates; add it to the recipe")
     if not session.is_classifier:
