@@ -28,7 +28,7 @@ from torch.utils.data import TensorDataset
 from bench_common import MODELS, setup, timed, write_recipe
 from influence_cli import load_recipe
 from influence_cli.engine import query_features, train_pass
-from influence_cli.estimators import Method
+from influence_cli.methods import Method
 from influence_cli.session import Session
 
 LR = 0.05

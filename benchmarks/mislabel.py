@@ -35,8 +35,7 @@ import torch
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from influence_cli.audits.mislabel import (POSITIVE_SIGNALS, FlagRule, MislabelMethod, combine, compute_signals,
-                                           robust_z)
+from influence_cli.audits.mislabel import POSITIVE_SIGNALS, FlagRule, combine, compute_signals, signal_z
 from influence_cli.demo import TrainSchedule, make_digits_run, train_model
 from influence_cli.loading.imports import import_callable
 from influence_cli.recipe import load_recipe
@@ -80,7 +79,7 @@ def auto_flags(signals: dict[MislabelMethod, torch.Tensor], flipped: torch.Tenso
     out = {}
     for method in methods:
         scores = combine(signals, method)
-        z = robust_z(scores, method in POSITIVE_SIGNALS)
+        z = signal_z(scores, method in POSITIVE_SIGNALS)
         out[f"{method.value} auto"] = flag_metrics(first(scores, FlagRule().count(z, -signals[MislabelMethod.AUM])),
                                                    flipped)
         if method is MislabelMethod.COMBINED:

@@ -12,12 +12,10 @@ starts W processes and gives each the environment ``RANK``, ``WORLD_SIZE``, ``LO
   indices cut at multiples of ``batch_size`` into W runs whose batch counts differ by at most one
   (N need not be divisible by W). Each example is therefore computed in the same batch as in a
   single-process run.
-- :func:`train_pass` runs the engine's pass on this rank's shard and gathers every rank's
-  :class:`~influence_cli.engine.TrainPassResult` on every rank (so all ranks continue with the
-  same numbers): self-influence [N] and the [M, N] matrix are concatenated in rank order (= the
-  original order); the per-query top-k lists, each over disjoint columns, are merged by
-  :func:`~influence_cli.topk.merge_topk` (ties broken by the smaller index), which is exactly the
-  top-k over all N columns.
+- :func:`on_every_rank` runs a function (the engine's pass over this rank's shard, see
+  :func:`influence_cli.engine.train_pass`) and gathers every rank's result on every rank, so all
+  ranks continue with the same numbers; the engine merges them
+  (:meth:`~influence_cli.engine.TrainPassResult.merge`).
 - Only rank 0 writes report files (:func:`is_main`; see :func:`influence_cli.reports.files.atomic_write`)
   and prints tables.
 
@@ -35,33 +33,18 @@ import math
 import os
 import signal
 import threading
-from dataclasses import fields
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from influence_cli.errors import InfluenceError, first_line
-from influence_cli.progress import NoProgress, Progress
-from influence_cli.topk import merge_topk
-
-if TYPE_CHECKING:
-    from influence_cli.engine import QueryFeatures, TrainPassResult
-    from influence_cli.estimators import Method
-    from influence_cli.session import Session
+from influence_cli.errors import DistributedError, InfluenceError, first_line
+from influence_cli.progress import Progress
 
 TIMEOUT_ENV = "INFLUENCE_CLI_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 1800.0
-_in_shard = False  # True while this rank runs its own shard: the engine must not delegate again
-
-
-class DistributedError(InfluenceError):
-    """A rank failed, died, hung past the timeout, or the process group could not be joined."""
-
-    def __init__(self, message: str, exit_code: int = 3) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
+T = TypeVar("T")
 
 
 def _env_int(name: str, default: int) -> int:
@@ -87,11 +70,6 @@ def rank() -> int:
 def is_main() -> bool:
     """Rank 0: the one that writes reports and prints (True in a single-process run)."""
     return rank() == 0
-
-
-def sharding() -> bool:
-    """Whether a training pass should be sharded: W > 1 and not already running this rank's shard."""
-    return world_size() > 1 and not _in_shard
 
 
 def timeout_seconds() -> float:
@@ -173,43 +151,30 @@ def _all_gather(obj: Any, what: str) -> list[Any]:
     return parts
 
 
-def train_pass(session: "Session", method: "Method", query: "QueryFeatures | None" = None, *, k: int = 10,
-               keep_matrix: bool = False, indices: torch.Tensor | None = None,
-               progress: Progress | None = None, column_best: int = 0) -> "TrainPassResult":
-    """:func:`influence_cli.engine.train_pass` over this rank's :func:`shard`, merged on every rank.
+def on_every_rank(fn: Callable[[], T], what: str) -> list[T]:
+    """Run ``fn`` on this rank and return every rank's result, in rank order, on every rank.
 
-    Same arguments and result as the engine's pass; the progress bar counts this rank's shard.
+    A failure on any rank is raised on every rank: here with its own exception, elsewhere as a
+    :class:`DistributedError` with the failing rank's message and exit code.
     """
-    from influence_cli import engine
-
-    global _in_shard
     init()
-    indices = torch.arange(len(session.train)) if indices is None else indices
-    mine = shard(indices, session.recipe.batch_size, rank(), world_size())
     local, error = None, None
-    _in_shard = True
     try:
-        if len(mine):
-            label = f"rank {rank()} of {world_size()}: {len(mine)} of {len(indices)}"
-            local = engine.train_pass(session, method, query, k=k, keep_matrix=keep_matrix, indices=mine,
-                                      progress=_ShardProgress(progress or NoProgress(), label),
-                                      column_best=column_best)
+        local = fn()
     except Exception as exc:  # shared with the other ranks below, then re-raised here
         error = exc
-    finally:
-        _in_shard = False
     status = None if error is None else _describe(error)
-    parts = _all_gather((status, local), "merging the training pass")
+    parts = _all_gather((status, local), what)
     if error is not None:
         raise error
     for r, (failure, _) in enumerate(parts):
         if failure is not None:
             message, code = failure
             raise DistributedError(f"rank {r} of {len(parts)} failed: {message}", exit_code=code)
-    return merge([part for _, part in parts], k)
+    return [part for _, part in parts]
 
 
-class _ShardProgress:
+class ShardProgress:
     """A :class:`~influence_cli.progress.Progress` whose task names say which shard is counted."""
 
     def __init__(self, inner: Progress, label: str) -> None:
@@ -224,40 +189,3 @@ def _describe(exc: Exception) -> tuple[str, int]:
     if isinstance(exc, InfluenceError):
         return exc.message, exc.exit_code
     return f"{type(exc).__name__}: {first_line(exc)}", 3
-
-
-def merge(parts: list["TrainPassResult | None"], k: int) -> "TrainPassResult":
-    """One result from per-rank results over disjoint, consecutive shards (``None``: an empty shard).
-
-    indices, self-influence, column_best (per training example): concatenated; proponents/opponents:
-    the k largest/smallest of the per-shard top-k lists (:func:`merge_topk`); matrix: concatenated
-    along the training axis.
-    """
-    from influence_cli.engine import TrainPassResult
-
-    known = {"indices", "self_influence", "proponents", "opponents", "matrix", "column_best"}
-    assert {f.name for f in fields(TrainPassResult)} == known, "TrainPassResult changed: teach merge() its new fields"
-    present = [p for p in parts if p is not None]
-    first = present[0]
-    indices = torch.cat([p.indices for p in present])
-    k = min(k, len(indices))
-
-    def side(name: str, largest: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if getattr(first, name) is None:
-            return None
-        return merge_topk([getattr(p, name) for p in present], k, largest=largest)
-
-    def rows(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
-        if getattr(first, name) is None:
-            return None
-        pairs = [getattr(p, name) for p in present]
-        return torch.cat([v for v, _ in pairs]), torch.cat([i for _, i in pairs])
-
-    return TrainPassResult(
-        indices=indices,
-        self_influence=torch.cat([p.self_influence for p in present]),
-        proponents=side("proponents", True),
-        opponents=side("opponents", False),
-        matrix=None if first.matrix is None else torch.cat([p.matrix for p in present], dim=1),
-        column_best=rows("column_best"),
-    )

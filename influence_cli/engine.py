@@ -22,12 +22,13 @@ import torch
 
 from influence_cli import distributed
 from influence_cli.errors import GradientError, InfluenceError
-from influence_cli.estimators import Method, layer_weights, self_influence_term
+from influence_cli.estimators import layer_weights, self_influence_term
 from influence_cli.gradients.per_example import GradientBatch
 from influence_cli.loading.data import Examples
+from influence_cli.methods import Method
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.session import Session
-from influence_cli.topk import StreamingTopK
+from influence_cli.topk import StreamingTopK, merge_topk
 
 
 @dataclass
@@ -49,6 +50,33 @@ class TrainPassResult:
     opponents: tuple[torch.Tensor, torch.Tensor] | None
     matrix: torch.Tensor | None                            # [M, N'] when asked for
     column_best: tuple[torch.Tensor, torch.Tensor] | None = None  # ([N', r] scores, [N', r] query rows)
+
+    @classmethod
+    def merge(cls, parts: list["TrainPassResult | None"], k: int) -> "TrainPassResult":
+        """One result from results over disjoint, consecutive shards, in order (``None``: an empty shard).
+
+        indices, self-influence, column_best (per training example) and the matrix (along the
+        training axis): concatenated; proponents/opponents: the k largest/smallest of the per-shard
+        top-k lists (:func:`~influence_cli.topk.merge_topk`, ties to the smaller index), which is
+        exactly the top-k over all columns.
+        """
+        present = [p for p in parts if p is not None]
+        first = present[0]
+        indices = torch.cat([p.indices for p in present])
+        k = min(k, len(indices))
+
+        def side(name: str, largest: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+            return None if getattr(first, name) is None else merge_topk([getattr(p, name) for p in present], k,
+                                                                         largest=largest)
+
+        def rows(name: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+            pairs = [getattr(p, name) for p in present]
+            return None if pairs[0] is None else (torch.cat([v for v, _ in pairs]), torch.cat([i for _, i in pairs]))
+
+        return cls(indices=indices, self_influence=torch.cat([p.self_influence for p in present]),
+                   proponents=side("proponents", True), opponents=side("opponents", False),
+                   matrix=None if first.matrix is None else torch.cat([p.matrix for p in present], dim=1),
+                   column_best=rows("column_best"))
 
 
 def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
@@ -143,13 +171,30 @@ def train_pass(session: Session, method: Method, query: QueryFeatures | None = N
     ``column_best`` = r > 0 also keeps, for every training example, its r largest scores over the
     query examples and their query rows (``column_best``: [N', r] each; memory N'×r).
 
-    Under ``torchrun`` (W > 1 ranks) each rank streams its shard and every rank gets the merged
-    result: see :mod:`influence_cli.distributed`."""
-    if distributed.sharding():
-        return distributed.train_pass(session, method, query, k=k, keep_matrix=keep_matrix, indices=indices,
-                                      progress=progress, column_best=column_best)
-    progress = progress or NoProgress()
+    Under ``torchrun`` (W > 1 ranks) rank r streams its :func:`~influence_cli.distributed.shard`
+    (whole batches, so every example is computed in the same batch as in one process) and every
+    rank gets the merged result (:meth:`TrainPassResult.merge`)."""
     indices = torch.arange(len(session.train)) if indices is None else indices
+    w = distributed.world_size()
+    if w == 1:
+        return local_train_pass(session, method, query, k=k, keep_matrix=keep_matrix, indices=indices,
+                                progress=progress, column_best=column_best)
+    r = distributed.rank()
+    mine = distributed.shard(indices, session.recipe.batch_size, r, w)
+    label = f"rank {r} of {w}: {len(mine)} of {len(indices)}"
+    shard_progress = distributed.ShardProgress(progress or NoProgress(), label)
+    parts = distributed.on_every_rank(
+        lambda: local_train_pass(session, method, query, k=k, keep_matrix=keep_matrix, indices=mine,
+                                 progress=shard_progress, column_best=column_best) if len(mine) else None,
+        "merging the training pass")
+    return TrainPassResult.merge(parts, k)
+
+
+def local_train_pass(session: Session, method: Method, query: QueryFeatures | None, *, k: int,
+                     keep_matrix: bool, indices: torch.Tensor, progress: Progress | None,
+                     column_best: int) -> TrainPassResult:
+    """:func:`train_pass` in this process only, over ``indices``."""
+    progress = progress or NoProgress()
     m = 0 if query is None else len(query.indices)
     k = min(k, len(indices))
     top = StreamingTopK(m, k, largest=True, device=session.device, dtype=session.score_dtype)

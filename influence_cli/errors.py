@@ -23,6 +23,15 @@ class InfluenceError(Exception):
         self.message = message
 
 
+class ParameterError(InfluenceError):
+    """A library function's argument is invalid. ``parameter`` is its Python name (``k``,
+    ``test_indices``); the CLI shows the matching flag instead (``--top-k``, ``--test-indices``)."""
+
+    def __init__(self, parameter: str, detail: str) -> None:
+        super().__init__(f"{parameter}: {detail}")
+        self.parameter, self.detail = parameter, detail
+
+
 class RecipeError(InfluenceError):
     """The recipe is malformed, has unknown keys, or points at something that is not there."""
 
@@ -37,6 +46,14 @@ class DataError(InfluenceError):
 
 class GradientError(InfluenceError):
     """A gradient is not finite (NaN or infinite loss)."""
+
+
+class DistributedError(InfluenceError):
+    """A rank failed, died, hung past the timeout, or the process group could not be joined."""
+
+    def __init__(self, message: str, exit_code: int = 3) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def first_line(exc: BaseException) -> str:

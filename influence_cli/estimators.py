@@ -28,25 +28,14 @@ as 0 rather than NaN; it neither promotes nor opposes anything.
 
 from __future__ import annotations
 
-from enum import Enum
-
 import torch
 
-
-class Method(str, Enum):
-    """The influence estimator. Values are the CLI/recipe spellings."""
-
-    TRACIN = "tracin"
-    GAS = "gas"
-    GAS_L = "gas-l"
-
-    def __str__(self) -> str:
-        return self.value
+from influence_cli.methods import Method, choose
 
 
 def layer_weights(sq_norms: torch.Tensor, method: Method | str) -> torch.Tensor:
     """w_l for every example and layer from the layer squared norms ‖g^l‖² ([B, L] → [B, L])."""
-    method = Method(method)
+    method = choose(Method, method, "method")
     if method is Method.TRACIN:
         return torch.ones_like(sq_norms)
     norms = sq_norms.sum(1, keepdim=True).expand_as(sq_norms) if method is Method.GAS else sq_norms

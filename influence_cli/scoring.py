@@ -10,26 +10,17 @@ This is the library entry point behind ``influence-cli score``; a notebook user 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, Sequence
 
 import torch
 
 from influence_cli.engine import TrainPassResult, query_features, train_pass
-from influence_cli.errors import InfluenceError
-from influence_cli.estimators import Method
+from influence_cli.errors import InfluenceError, ParameterError
+from influence_cli.methods import Method, TestLabels, choose
 from influence_cli.progress import Progress
 from influence_cli.recipe import Recipe
+from influence_cli.selection import check_indices, plain
 from influence_cli.session import Session
-
-
-class TestLabels(str, Enum):
-    """Which label the test loss is taken at: the given one, or the final model's prediction
-    ("why did the model predict this?")."""
-
-    __test__ = False  # not a pytest class
-    GIVEN = "given"
-    PREDICTED = "predicted"
 
 
 @dataclass
@@ -50,16 +41,16 @@ class InfluenceResult:
         assert test is not None and self.passes.proponents is not None and self.passes.opponents is not None
 
         def side(values: torch.Tensor, indices: torch.Tensor) -> list[dict[str, Any]]:
-            return [{"train_index": i, "score": v, "label": _plain(train.labels[i]), **train.description(i)}
+            return [{"train_index": i, "score": v, "label": plain(train.labels[i]), **train.description(i)}
                     for v, i in zip(values.tolist(), indices.tolist())]
 
         tests = []
         for row, t in enumerate(self.test_indices.tolist()):
             tests.append({
                 "test_index": t,
-                "label": _plain(self.given_labels[row]) if self.session.test.labeled else None,
-                "prediction": None if self.predictions is None else _plain(self.predictions[row]),
-                "loss_label": _plain(self.loss_labels[row]),
+                "label": plain(self.given_labels[row]) if self.session.test.labeled else None,
+                "prediction": None if self.predictions is None else plain(self.predictions[row]),
+                "loss_label": plain(self.loss_labels[row]),
                 **test.description(t),
                 "proponents": side(self.passes.proponents[0][row], self.passes.proponents[1][row]),
                 "opponents": side(self.passes.opponents[0][row], self.passes.opponents[1][row]),
@@ -72,24 +63,6 @@ class InfluenceResult:
         }
 
 
-def _plain(value: torch.Tensor) -> int | float | list[Any]:
-    """A label as JSON: an int for class labels, a float or list otherwise."""
-    if value.dim() > 0:
-        return value.tolist()
-    return int(value) if not value.is_floating_point() or float(value).is_integer() else float(value)
-
-
-def check_indices(indices: Sequence[int], n: int, what: str) -> torch.Tensor:
-    """``indices`` as a tensor after checking each lies in [0, n); repeats are dropped (first kept)."""
-    idx = torch.as_tensor(list(dict.fromkeys(int(i) for i in indices)), dtype=torch.long)
-    if len(idx) == 0:
-        raise InfluenceError(f"{what}: no indices selected")
-    bad = idx[(idx < 0) | (idx >= n)]
-    if len(bad):
-        raise InfluenceError(f"{what}: index {int(bad[0])} is out of range for {n} examples")
-    return idx
-
-
 def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
           test_indices: Sequence[int] | None = None, test_labels: TestLabels | str = TestLabels.GIVEN,
           k: int = 10, keep_matrix: bool = False, progress: Progress | None = None) -> InfluenceResult:
@@ -98,23 +71,23 @@ def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
     Scores are I(z, z′) = Σ_c η_c Σ_l w_l(g_c(z)) w_l(g_c(z′)) ⟨g_c^l(z), g_c^l(z′)⟩ (see
     :mod:`influence_cli.estimators`). ``keep_matrix`` also keeps the full [M, N] matrix.
     """
-    method, test_labels = Method(method), TestLabels(test_labels)
+    method, test_labels = choose(Method, method, "method"), choose(TestLabels, test_labels, "test_labels")
     if k < 1:
-        raise InfluenceError(f"--top-k: must be at least 1, got {k}")
+        raise ParameterError("k", f"must be at least 1, got {k}")
     session = Session.of(recipe, need_test=True)
     if session.test is None:
         raise InfluenceError("data.test: score needs a test split; add it to the recipe")
     idx = check_indices(range(len(session.test)) if test_indices is None else test_indices,
-                        len(session.test), "--test-indices")
+                        len(session.test), "test_indices")
     given = session.test.labels[idx]
     predictions = session.predict(session.test, idx)[0] if session.is_classifier else None
     if test_labels is TestLabels.PREDICTED:
         if predictions is None:
-            raise InfluenceError(f"--test-labels predicted: needs a classification loss, not {session.recipe.loss!r}")
+            raise ParameterError("test_labels", f"predicted needs a classification loss, not {session.recipe.loss!r}")
         loss_labels = predictions
     elif not session.test.labeled:
-        raise InfluenceError(f"{session.test.name}: has no labels; explain the model's predictions with "
-                             "--test-labels predicted")
+        raise ParameterError("test_labels", f"{session.test.name} has no labels; explain the model's predictions "
+                             "with `test_labels` predicted")
     else:
         loss_labels = given
     query = query_features(session, method, idx, loss_labels, progress)

@@ -66,7 +66,7 @@ def test_fraction(run, tmp_path):
     (("--top", "13"), "--top: must be between 1 and the 12 training examples, got 13"),
     (("--fraction", "0"), "--fraction: must be in (0, 1], got 0.0"),
     (("--fraction", "2"), "--fraction: must be in (0, 1], got 2.0"),
-    (("--top", "3", "--fraction", "0.5"), "--top and --fraction: give one of them, not both"),
+    (("--top", "3", "--fraction", "0.5"), "--top: give --top or --fraction, not both"),
 ])
 def test_bad_flag_values_are_one_line_errors(run, args, message):
     res = _invoke("mislabel-detect", run.recipe_path, *args, "-q")

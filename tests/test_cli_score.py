@@ -170,7 +170,7 @@ def test_score_regression_loss(tiny_recipe, tmp_path):
                                reference_scores("tracin", train, test, run.learning_rates), rtol=RTOL, atol=ATOL)
     res = _invoke("score", run.recipe_path, "--test-labels", "predicted", "--out", tmp_path / "p", "-q")
     assert res.exit_code == 2
-    assert res.stderr == "error: --test-labels predicted: needs a classification loss, not 'mse'\n"
+    assert res.stderr == "error: --test-labels: predicted needs a classification loss, not 'mse'\n"
 
 
 
@@ -179,8 +179,8 @@ def test_a_test_split_without_labels_is_explained_at_the_predictions(run, tmp_pa
     out = tmp_path / "out"
     given = _invoke("score", run.recipe_path, "--out", out)
     assert given.exit_code == 2
-    assert given.stderr.strip() == ("error: data.test: has no labels; explain the model's predictions with "
-                                    "--test-labels predicted")
+    assert given.stderr.strip() == ("error: --test-labels: data.test has no labels; explain the model's predictions "
+                                    "with --test-labels predicted")
     ok = _invoke("score", run.recipe_path, "--out", out, "--test-labels", "predicted")
     assert ok.exit_code == 0, ok.output
     tests = json.loads((out / "influence.json").read_text())["test"]

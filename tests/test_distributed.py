@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,10 @@ from typer.testing import CliRunner
 
 from influence_cli import distributed, engine, load_recipe
 from influence_cli.cli import app
-from influence_cli.distributed import DistributedError, merge, shard
-from influence_cli.estimators import Method
+from influence_cli.distributed import shard
+from influence_cli.engine import TrainPassResult
+from influence_cli.errors import DistributedError
+from influence_cli.methods import Method
 from influence_cli.reports.files import atomic_write
 from influence_cli.session import Session
 
@@ -69,11 +72,14 @@ def test_merging_shards_equals_one_pass(run):
     query = engine.query_features(session, Method.GAS_L, torch.arange(5), session.test.labels[:5])
     whole = engine.train_pass(session, Method.GAS_L, query, k=4, keep_matrix=True, column_best=2)
     # 7 ranks over 5 batches: the last two get nothing (None)
-    parts = [engine.train_pass(session, Method.GAS_L, query, k=4, keep_matrix=True, column_best=2, indices=s)
+    parts = [engine.local_train_pass(session, Method.GAS_L, query, k=4, keep_matrix=True, column_best=2, indices=s,
+                                    progress=None)
              if len(s) else None
              for s in (shard(torch.arange(N_TRAIN), BATCH, r, 7) for r in range(7))]
     assert parts[-1] is None and parts[0] is not None
-    merged = merge(parts, k=4)
+    assert {f.name for f in fields(TrainPassResult)} == {  # merge() knows every field
+        "indices", "self_influence", "proponents", "opponents", "matrix", "column_best"}
+    merged = TrainPassResult.merge(parts, k=4)
     assert torch.equal(merged.indices, whole.indices)
     torch.testing.assert_close(merged.self_influence, whole.self_influence, rtol=1e-6, atol=0)
     torch.testing.assert_close(merged.matrix, whole.matrix, rtol=1e-6, atol=0)
@@ -89,7 +95,7 @@ def test_environment_errors_are_one_line(monkeypatch):
         distributed.world_size()
     assert exc.value.exit_code == 2
     monkeypatch.setenv("WORLD_SIZE", "1")
-    assert distributed.init() is False and not distributed.sharding()
+    assert distributed.init() is False and distributed.world_size() == 1
     monkeypatch.setenv(distributed.TIMEOUT_ENV, "-5")
     with pytest.raises(DistributedError, match="INFLUENCE_CLI_DIST_TIMEOUT='-5': expected a positive"):
         distributed.timeout_seconds()

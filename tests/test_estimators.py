@@ -8,7 +8,8 @@ import torch
 from conftest import ATOL, RTOL
 from influence_cli import Session, load_recipe, score
 from influence_cli.engine import train_pass
-from influence_cli.estimators import Method, layer_weights, self_influence_term
+from influence_cli.estimators import layer_weights, self_influence_term
+from influence_cli.methods import Method
 from reference import reference_grads, reference_scores, reference_self_influence
 
 # kind -> (a `layers` subset as exact module names for the reference, the same subset as the recipe's globs)

@@ -20,7 +20,7 @@ from influence_cli import Session, load_recipe, score
 from influence_cli.cli import app
 from influence_cli.engine import train_pass
 from influence_cli.errors import CheckpointError
-from influence_cli.estimators import Method
+from influence_cli.methods import Method
 from influence_cli.loading.checkpoints import list_checkpoints
 from influence_cli.loading.hf_trainer import learning_rate_at
 from reference import reference_grads, reference_scores, reference_self_influence

@@ -8,8 +8,9 @@ import torch.nn.functional as F
 
 from conftest import ATOL, RTOL
 from influence_cli import load_recipe
-from influence_cli.audits.mislabel import (AUTO_Z, COMBINED_SIGNALS, FlagRule, MislabelMethod, combine,
-                                           compute_signals, mislabel_detect, robust_z)
+from influence_cli.audits.mislabel import (AUTO_Z, COMBINED_SIGNALS, FlagRule, combine, compute_signals,
+                                           mislabel_detect, signal_z)
+from influence_cli.methods import MislabelMethod
 from influence_cli.demo import TrainSchedule, make_digits_run
 from influence_cli.errors import InfluenceError
 from influence_cli.session import Session
@@ -59,18 +60,18 @@ def test_margin_and_loss_match_direct_forward_passes(tiny_recipe):
     torch.testing.assert_close(prob, probs.max(1).values, rtol=RTOL, atol=ATOL)
 
 
-def test_robust_z_and_combined_score():
+def test_signal_z_and_combined_score():
     v = torch.tensor([1.0, 2.0, 3.0, 4.0, 100.0])
     # median 3, MAD = median |v − 3| = 1 → ẑ = (v − 3) / 1.4826
-    torch.testing.assert_close(robust_z(v, positive=False), (v.double() - 3) / 1.4826)
+    torch.testing.assert_close(signal_z(v, positive=False), (v.double() - 3) / 1.4826)
     s = v.double().sqrt()
     med = s.median()
-    torch.testing.assert_close(robust_z(v, positive=True), (s - med) / (1.4826 * (s - med).abs().median()))
-    assert torch.equal(robust_z(torch.ones(4), positive=False), torch.zeros(4, dtype=torch.float64))
+    torch.testing.assert_close(signal_z(v, positive=True), (s - med) / (1.4826 * (s - med).abs().median()))
+    assert torch.equal(signal_z(torch.ones(4), positive=False), torch.zeros(4, dtype=torch.float64))
     signals = {m: torch.rand(6, dtype=torch.float64, generator=torch.Generator().manual_seed(i))
                for i, m in enumerate(COMBINED_SIGNALS)}
-    expected = (robust_z(signals[MislabelMethod.TRACIN_LAST], True) + robust_z(signals[MislabelMethod.AUM], False)
-                + robust_z(signals[MislabelMethod.LOSS], True)) / 3
+    expected = (signal_z(signals[MislabelMethod.TRACIN_LAST], True) + signal_z(signals[MislabelMethod.AUM], False)
+                + signal_z(signals[MislabelMethod.LOSS], True)) / 3
     torch.testing.assert_close(combine(signals, MislabelMethod.COMBINED), expected)
 
 
@@ -83,12 +84,12 @@ def test_flag_rules():
     assert FlagRule(top=2).count(z, margin) == 2
     assert FlagRule(fraction=0.5).count(z, margin) == 3
     assert FlagRule(fraction=0.01).count(z, margin) == 1  # never rounds down to nothing
-    for rule, message in ((FlagRule(top=0), "--top: must be between 1 and the 6"),
-                          (FlagRule(top=7), "--top: must be between 1 and the 6"),
-                          (FlagRule(fraction=0.0), "--fraction: must be in (0, 1]"),
-                          (FlagRule(fraction=1.5), "--fraction: must be in (0, 1]"),
-                          (FlagRule(fraction=float("nan")), "--fraction: must be in (0, 1]"),
-                          (FlagRule(top=2, fraction=0.5), "give one of them, not both")):
+    for rule, message in ((FlagRule(top=0), "top: must be between 1 and the 6"),
+                          (FlagRule(top=7), "top: must be between 1 and the 6"),
+                          (FlagRule(fraction=0.0), "fraction: must be in (0, 1]"),
+                          (FlagRule(fraction=1.5), "fraction: must be in (0, 1]"),
+                          (FlagRule(fraction=float("nan")), "fraction: must be in (0, 1]"),
+                          (FlagRule(top=2, fraction=0.5), "give `top` or `fraction`, not both")):
         with pytest.raises(InfluenceError, match=message.replace("(", r"\(").replace("]", r"\]")):
             rule.validate(6)
 
@@ -111,7 +112,7 @@ def test_result_layout_and_order(tiny_recipe):
 
 def test_errors(tiny_recipe):
     run = tiny_recipe("mlp", n_train=6)
-    with pytest.raises(InfluenceError, match="unknown mislabel method 'bogus'"):
+    with pytest.raises(InfluenceError, match="method: unknown choice 'bogus' \\(choose from tracin, tracin-last, aum, loss, combined\\)"):
         mislabel_detect(load_recipe(run.recipe_path), method="bogus")
     run.rewrite(loss="mse")
     for split in ("train", "test"):  # regression targets, one per model output

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from influence_cli import Session, load_recipe, score
-from influence_cli.audits.target import (TargetResult, best_other, flag_rule, owned_share, peer_overlap, robust_z,
+from influence_cli.audits.target import (TargetResult, best_other, flag_rule, owned_share, peer_overlap,
                                          target_identify)
 from influence_cli.engine import TrainPassResult
-from influence_cli.errors import InfluenceError
+from influence_cli.stats import robust_z
+from influence_cli.errors import InfluenceError, ParameterError
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "target.py"
 
@@ -121,14 +122,17 @@ def test_robust_z_and_peer_overlap_by_hand():
 
 
 def test_bad_inputs_are_one_line_errors(planted):
+    """Every bad argument is a ParameterError naming that argument (one error type for all)."""
     session = _session(planted[0])
-    for kwargs, where in (({"test_indices": [0, 1]}, "--test-indices"), ({"test_indices": [0, 0, 1]}, "3 distinct test examples \\(got 2\\)"),
-                          ({"test_indices": [0, 1, 999]}, "index 999"), ({"k": 0}, "--top-k"),
-                          ({"threshold": 0.0}, "--threshold"), ({"min_share": 1.5}, "--min-share"),
-                          ({"min_share": -0.1}, "--min-share"), ({"share_threshold": 0.0}, "--share-threshold"),
-                          ({"method": "nope"}, "nope")):
-        with pytest.raises((InfluenceError, ValueError), match=where):
+    for kwargs, detail in (({"test_indices": [0, 1]}, "give at least 3 distinct"),
+                           ({"test_indices": [0, 0, 1]}, "3 distinct test examples \\(got 2\\)"),
+                           ({"test_indices": [0, 1, 999]}, "index 999"), ({"k": 0}, "at least 1"),
+                           ({"threshold": 0.0}, "positive"), ({"min_share": 1.5}, "in \\[0, 1\\]"),
+                           ({"min_share": -0.1}, "in \\[0, 1\\]"), ({"share_threshold": 0.0}, "positive"),
+                           ({"method": "nope"}, "unknown choice 'nope'")):
+        with pytest.raises(ParameterError, match=detail) as exc:
             target_identify(session, **kwargs)
+        assert exc.value.parameter == next(iter(kwargs))
 
 
 def test_result_layout(planted):

@@ -45,37 +45,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from enum import Enum
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from influence_cli.engine import train_pass
-from influence_cli.errors import InfluenceError
-from influence_cli.estimators import Method
+from influence_cli.errors import InfluenceError, ParameterError
 from influence_cli.gradients.layers import select_parameters
+from influence_cli.methods import Method, MislabelMethod, choose
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.recipe import Recipe
 from influence_cli.session import Session
+from influence_cli.stats import robust_z
 
 #: Robust z-score above which the automatic cut may flag an example (3.0 measured better than
 #: Iglewicz & Hoaglin's 3.5 once the margin test guards against false alarms; see the docstring).
 AUTO_Z = 3.0
-_MAD_TO_SIGMA = 1.4826
-
-
-class MislabelMethod(str, Enum):
-    """How suspicious a training label is. Values are the CLI spellings."""
-
-    TRACIN = "tracin"
-    TRACIN_LAST = "tracin-last"
-    AUM = "aum"
-    LOSS = "loss"
-    COMBINED = "combined"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 DEFAULT_METHOD = MislabelMethod.COMBINED
@@ -85,17 +71,11 @@ COMBINED_SIGNALS = (MislabelMethod.TRACIN_LAST, MislabelMethod.AUM, MislabelMeth
 POSITIVE_SIGNALS = {MislabelMethod.TRACIN, MislabelMethod.TRACIN_LAST, MislabelMethod.LOSS}
 
 
-def robust_z(values: torch.Tensor, positive: bool) -> torch.Tensor:
-    """ẑ = (T(v) − median T(v)) / (1.4826 · MAD T(v)), T = √ when ``positive`` (squared norms,
-    losses), else the identity. A zero MAD falls back to the mean absolute deviation."""
+def signal_z(values: torch.Tensor, positive: bool) -> torch.Tensor:
+    """ẑ = :func:`~influence_cli.stats.robust_z` of T(v), T = √ when ``positive`` (squared norms,
+    losses), else the identity."""
     v = values.double()
-    if positive:
-        v = v.clamp_min(0).sqrt()
-    med = v.median()
-    spread = _MAD_TO_SIGMA * (v - med).abs().median()
-    if spread <= 0:
-        spread = (v - med).abs().mean()
-    return (v - med) / spread if spread > 0 else torch.zeros_like(v)
+    return robust_z(v.clamp_min(0).sqrt() if positive else v)
 
 
 def _last_layer_session(session: Session) -> Session:
@@ -156,7 +136,7 @@ def combine(signals: dict[MislabelMethod, torch.Tensor], method: MislabelMethod)
     """The score of ``method`` from its signals (``combined``: the mean of their robust z-scores)."""
     if method is not MislabelMethod.COMBINED:
         return signals[method]
-    return torch.stack([robust_z(signals[s], s in POSITIVE_SIGNALS) for s in COMBINED_SIGNALS]).mean(0)
+    return torch.stack([signal_z(signals[s], s in POSITIVE_SIGNALS) for s in COMBINED_SIGNALS]).mean(0)
 
 
 @dataclass(frozen=True)
@@ -168,11 +148,11 @@ class FlagRule:
 
     def validate(self, n: int) -> None:
         if self.top is not None and self.fraction is not None:
-            raise InfluenceError("--top and --fraction: give one of them, not both")
+            raise ParameterError("top", "give `top` or `fraction`, not both")
         if self.top is not None and not 1 <= self.top <= n:
-            raise InfluenceError(f"--top: must be between 1 and the {n} training examples, got {self.top}")
+            raise ParameterError("top", f"must be between 1 and the {n} training examples, got {self.top}")
         if self.fraction is not None and not (0 < self.fraction <= 1 and math.isfinite(self.fraction)):
-            raise InfluenceError(f"--fraction: must be in (0, 1], got {self.fraction}")
+            raise ParameterError("fraction", f"must be in (0, 1], got {self.fraction}")
 
     @property
     def name(self) -> str:
@@ -241,11 +221,7 @@ def mislabel_detect(recipe_or_session: Recipe | Session, *, method: MislabelMeth
                     progress: Progress | None = None) -> MislabelResult:
     """Rank all N training examples by the ``method`` score (see the module docstring) and flag
     the best suspects by ``top``, ``fraction`` or the automatic cut (robust z-score and mean margin)."""
-    try:
-        method = MislabelMethod(method)
-    except ValueError:
-        choices = ", ".join(m.value for m in MislabelMethod)
-        raise InfluenceError(f"--method: unknown mislabel method {method!r} (choose from {choices})") from None
+    method = choose(MislabelMethod, method, "method")
     rule = FlagRule(top, fraction)
     session = Session.of(recipe_or_session)
     if not session.is_classifier:
@@ -254,7 +230,7 @@ def mislabel_detect(recipe_or_session: Recipe | Session, *, method: MislabelMeth
     rule.validate(len(session.train))
     signals, suggested, prob = compute_signals(session, {method, MislabelMethod.AUM}, progress=progress)
     scores = combine(signals, method)
-    z = robust_z(scores, method in POSITIVE_SIGNALS)
+    z = signal_z(scores, method in POSITIVE_SIGNALS)
     # Deterministic order: by score, ties by index (a stable sort of the index order).
     order = torch.sort(scores, descending=True, stable=True).indices
     n_flagged = rule.count(z, -signals[MislabelMethod.AUM])

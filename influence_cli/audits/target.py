@@ -59,18 +59,18 @@ from typing import Any, Sequence
 import torch
 
 from influence_cli.engine import TrainPassResult, query_features, train_pass
-from influence_cli.errors import InfluenceError
-from influence_cli.estimators import Method
+from influence_cli.errors import InfluenceError, ParameterError
+from influence_cli.methods import Method, choose
 from influence_cli.progress import Progress
 from influence_cli.recipe import Recipe
-from influence_cli.scoring import _plain, check_indices
+from influence_cli.selection import check_indices, plain
 from influence_cli.session import Session
+from influence_cli.stats import robust_z
 
 DEFAULT_K = 40
 DEFAULT_THRESHOLD = 5.0
 DEFAULT_SHARE_THRESHOLD = 2.5
 DEFAULT_MIN_SHARE = 0.5
-_MAD_SCALE = 1.4826  # MAD of a standard normal is 1 / 1.4826
 
 
 @dataclass
@@ -130,9 +130,9 @@ class TargetResult:
                 "anomaly_score": float(self.anomaly[row]),
                 "rank": rank,
                 "flagged": flagged,
-                "prediction": _plain(self.predictions[row]),
-                "label": _plain(self.labels[row]),
-                "suspects": [{"train_index": j, "score": v, "label": _plain(labels[j])}
+                "prediction": plain(self.predictions[row]),
+                "label": plain(self.labels[row]),
+                "suspects": [{"train_index": j, "score": v, "label": plain(labels[j])}
                              for j, v in (self.suspects(row) if flagged else [])],
             })
         return {"method": str(self.method), "recipe": self.session.recipe.to_dict(), "test": tests}
@@ -148,19 +148,6 @@ def best_other(passes: TrainPassResult) -> torch.Tensor:
         return torch.full(indices.shape, float("-inf"), dtype=values.dtype)
     mine = rows[..., 0] == torch.arange(len(indices))[:, None]
     return torch.where(mine, values[..., 1], values[..., 0])
-
-
-def robust_z(x: torch.Tensor) -> torch.Tensor:
-    """(x − median) / (1.4826·MAD); a zero MAD falls back to the mean absolute deviation, and a
-    constant x gives zeros. NaN entries stay NaN and are ignored by the statistics."""
-    finite = x[~x.isnan()]
-    if len(finite) == 0:
-        return torch.zeros_like(x)
-    med = finite.median()
-    scale = _MAD_SCALE * (finite - med).abs().median()
-    if scale <= 0:
-        scale = (finite - med).abs().mean() * (torch.pi / 2) ** 0.5
-    return (x - med) / scale if scale > 0 else torch.zeros_like(x)
 
 
 def peer_overlap(passes: TrainPassResult, predictions: torch.Tensor) -> torch.Tensor:
@@ -204,15 +191,15 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
     proponents, z the median/MAD z-score over the candidates (formulas in the module docstring).
     Influence is taken at each candidate's predicted label.
     """
-    method = Method(method)
+    method = choose(Method, method, "method")
     if k < 1:
-        raise InfluenceError(f"--top-k: must be at least 1, got {k}")
+        raise ParameterError("k", f"must be at least 1, got {k}")
     if not threshold > 0:
-        raise InfluenceError(f"--threshold: must be positive, got {threshold}")
+        raise ParameterError("threshold", f"must be positive, got {threshold}")
     if not share_threshold > 0:
-        raise InfluenceError(f"--share-threshold: must be positive, got {share_threshold}")
+        raise ParameterError("share_threshold", f"must be positive, got {share_threshold}")
     if not 0 <= min_share <= 1:
-        raise InfluenceError(f"--min-share: must be in [0, 1] (1: the share rule off), got {min_share}")
+        raise ParameterError("min_share", f"must be in [0, 1] (1: the share rule off), got {min_share}")
     session = Session.of(recipe_or_session, need_test=True)
     if session.test is None:
         raise InfluenceError("data.test: target-identify needs a test split of candidates; add it to the recipe")
@@ -220,9 +207,9 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
         raise InfluenceError(f"loss: target-identify needs a classification loss (predicted labels), "
                              f"not {session.recipe.loss!r}")
     idx = check_indices(range(len(session.test)) if test_indices is None else test_indices,
-                        len(session.test), "--test-indices")
+                        len(session.test), "test_indices")
     if len(idx) < 3:  # check_indices has dropped repeats
-        raise InfluenceError(f"--test-indices: target-identify compares candidates; give at least 3 distinct "
+        raise ParameterError("test_indices", f"target-identify compares candidates; give at least 3 distinct "
                              f"test examples (got {len(idx)})")
     predictions = session.predict(session.test, idx)[0]
     query = query_features(session, method, idx, predictions, progress)

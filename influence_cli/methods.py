@@ -1,0 +1,59 @@
+"""The choices a user makes by name: estimators, mislabel signals, test labels.
+
+One home for each set of spellings, shared by the recipe schema, the library and the CLI (this
+module imports nothing heavy, so ``--help`` stays fast). :func:`choose` turns a user's string
+into a member or a :class:`~influence_cli.errors.ParameterError` listing the choices.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import TypeVar
+
+from influence_cli.errors import ParameterError
+
+
+class Choice(str, Enum):
+    """A named choice; ``str()`` is its spelling."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Method(Choice):
+    """The influence estimator (see :mod:`influence_cli.estimators` for the formulas)."""
+
+    TRACIN = "tracin"
+    GAS = "gas"
+    GAS_L = "gas-l"
+
+
+class MislabelMethod(Choice):
+    """How suspicious a training label is (see :mod:`influence_cli.audits.mislabel`)."""
+
+    TRACIN = "tracin"
+    TRACIN_LAST = "tracin-last"
+    AUM = "aum"
+    LOSS = "loss"
+    COMBINED = "combined"
+
+
+class TestLabels(Choice):
+    """Which label the test loss is taken at: the given one, or the final model's prediction
+    ("why did the model predict this?")."""
+
+    __test__ = False  # not a pytest class
+    GIVEN = "given"
+    PREDICTED = "predicted"
+
+
+C = TypeVar("C", bound=Choice)
+
+
+def choose(kind: type[C], value: C | str, parameter: str) -> C:
+    """``value`` as a member of ``kind``; an unknown spelling is a :class:`ParameterError` on ``parameter``."""
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(m.value for m in kind)
+        raise ParameterError(parameter, f"unknown choice {value!r} (choose from {choices})") from None
