@@ -12,10 +12,11 @@ import typer
 from influence_cli import distributed
 from influence_cli.audits.baseline import Baseline
 from influence_cli.audits.check import check, checks_of, session_for, updated_baseline
-from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, console, err_console,
-                                      output_dir, progress_for, record_run, run_guarded, without_cache)
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, checked_output_dir, console,
+                                      err_console, progress_for, record_run, run_guarded, without_cache)
 from influence_cli.errors import InfluenceError
-from influence_cli.recipe import load_recipe
+from influence_cli.outputs import Target
+from influence_cli.recipe import Recipe, load_recipe
 from influence_cli.reports.check import append_step_summary, junit_xml, markdown, text_report, write_check_reports
 from influence_cli.reports.files import atomic_write
 
@@ -58,6 +59,8 @@ def check_command(
         if update_baseline and path is None:
             raise InfluenceError("--update-baseline: give --baseline FILE or set `checks.baseline` in the recipe")
         accepted = Baseline.load(path) if path is not None and not update_baseline else None
+        folder = _checked_outputs(r, out, junit, path, update=update_baseline,
+                                  option="--baseline" if baseline is not None else "checks.baseline")
         session = session_for(r)
         result = check(session, baseline=accepted, need_mislabel=update_baseline, progress=progress)
         written = []
@@ -65,7 +68,7 @@ def check_command(
             assert path is not None
             result = result.with_baseline(updated_baseline(result))
             written.append(result.baseline.save(path))  # type: ignore[union-attr]
-        written += write_check_reports(result, output_dir(r, out))
+        written += write_check_reports(result, folder)
         if junit is not None:
             written.append(atomic_write(junit, junit_xml(result)))
         summary = append_step_summary(result)
@@ -78,9 +81,20 @@ def check_command(
             console.print(text_report(result))
         if summary is not None and not quiet:
             err_console.print(f"appended the summary to {summary}", highlight=False)
-        record_run(output_dir(r, out), "check", r, progress, checkpoints=session.checkpoints, written=written,
+        record_run(folder, "check", r, progress, checkpoints=session.checkpoints, written=written,
                    html=html, quiet=quiet or fmt is not Format.TEXT)
         return result.passed
 
     if not run_guarded(body):
         raise typer.Exit(1)
+
+
+def _checked_outputs(r: Recipe, out: Path | None, junit: Path | None, baseline: Path | None, *, update: bool,
+                     option: str) -> Path:
+    """Check every output (the report folder, ``--junit``, the baseline ``--update-baseline`` rewrites) before
+    computing; a baseline that is only read is an input. Returns the report folder."""
+    targets = [Target("--junit", junit, "junit")] if junit is not None else []
+    if update and baseline is not None:
+        targets.append(Target(option, baseline, "baseline"))
+    reads = [(baseline, "the baseline")] if baseline is not None and not update else []
+    return checked_output_dir(r, out, *targets, also_reads=reads)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 import warnings
 from contextlib import contextmanager
@@ -16,7 +17,8 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from influence_cli import distributed
-from influence_cli.errors import InfluenceError
+from influence_cli.errors import InfluenceError, ParameterError
+from influence_cli.outputs import Target, guard_outputs
 from influence_cli.progress import Advance
 from influence_cli.recipe import Recipe
 from influence_cli.reports.run_info import TaskTiming, write_run_info
@@ -43,6 +45,24 @@ def _one_line_warning(message: Warning | str, category: type[Warning], filename:
     err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
+#: Library parameters whose flag is not ``--`` + the name with dashes.
+FLAGS = {"k": "--top-k"}
+
+
+def flag(parameter: str) -> str:
+    """The CLI flag of a library parameter (``test_indices`` → ``--test-indices``)."""
+    return FLAGS.get(parameter, "--" + parameter.replace("_", "-"))
+
+
+def cli_message(exc: InfluenceError) -> str:
+    """The error's message as the CLI user sees it: the library parameter it names, and any other
+    parameter its detail names in backticks (`fraction`), become flags."""
+    if isinstance(exc, ParameterError):
+        detail = re.sub(r"`(\w+)`", lambda m: flag(m.group(1)), exc.detail)
+        return f"{flag(exc.parameter)}: {detail}"
+    return exc.message
+
+
 def run_guarded(fn: Callable[[], T]) -> T:
     """Run a command body; map domain errors to one stderr line and an exit code (never a traceback).
 
@@ -56,7 +76,7 @@ def run_guarded(fn: Callable[[], T]) -> T:
             distributed.init()
             return fn()
     except InfluenceError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", markup=True, highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(cli_message(exc))}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt:
         err_console.print("interrupted; reports are written atomically, so none is half-written")
@@ -75,6 +95,15 @@ def output_dir(recipe: Recipe, out: Path | None) -> Path:
     """``--out`` if given (relative to the working directory), else the recipe's ``output``
     (relative to the recipe file)."""
     return out if out is not None else recipe.resolve(recipe.output)
+
+
+def checked_output_dir(recipe: Recipe, out: Path | None, *files: Target,
+                       also_reads: Sequence[tuple[Path, str]] = ()) -> Path:
+    """The output folder (:func:`output_dir`), once it and the other outputs ``files`` have passed
+    :func:`~influence_cli.outputs.guard_outputs`: call it before computing anything."""
+    folder = output_dir(recipe, out)
+    guard_outputs(recipe, [Target("--out" if out is not None else "output", folder), *files], also_reads)
+    return folder
 
 
 def without_cache(recipe: Recipe, no_cache: bool) -> Recipe:
@@ -147,7 +176,7 @@ def record_run(out: Path, command: str, recipe: Recipe, progress: RichProgress, 
     if html and distributed.is_main():  # the other ranks write no files (atomic_write skips them)
         from influence_cli.reports.html import write_report
 
-        paths.append(write_report(out))
+        paths.append(write_report(out, recipe))  # the command's own recipe: trusted
     if not quiet:
         console.print(run_summary(command, progress.timings, seconds, checkpoints))
         console.print(f"recipe {recipe.source}", highlight=False, soft_wrap=True)

@@ -11,6 +11,7 @@ from influence_cli.cli.common import QuietOpt, console, progress_for, record_run
 from influence_cli.cli.mislabel import suspects_table
 from influence_cli.demo import Backdoor, DemoResult, TrainSchedule, run_demo
 from influence_cli.errors import InfluenceError
+from influence_cli.outputs import Target, writable_folder
 
 
 def demo_command(
@@ -36,6 +37,7 @@ def demo_command(
         if n_poison is not None and n_poison < 0:
             raise InfluenceError(f"--n-poison: must be 0 or more, got {n_poison}")
         poison = round(40 * n_train / 1500) if n_poison is None else n_poison
+        writable_folder(Target("--out", out))  # before training: a file or read-only folder fails now
         progress = progress_for(quiet)
         result = run_demo(out, seed=seed, n_train=n_train, schedule=TrainSchedule.for_epochs(epochs),
                           backdoor=Backdoor(n_poison=poison) if poison else None, progress=progress)

@@ -8,8 +8,8 @@ import typer
 from rich.table import Table
 
 from influence_cli.audits.mislabel import DEFAULT_METHOD, MislabelMethod, MislabelResult, mislabel_detect
-from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, console, output_dir, progress_for,
-                                      record_run, run_guarded, without_cache)
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, checked_output_dir, console,
+                                      progress_for, record_run, run_guarded, without_cache)
 from influence_cli.recipe import load_recipe
 from influence_cli.reports.mislabel import write_mislabel_reports
 
@@ -34,11 +34,12 @@ def mislabel_command(recipe: RecipeArg, method: MethodOpt = DEFAULT_METHOD, top:
 
     def body() -> None:
         r, progress = without_cache(load_recipe(recipe), no_cache), progress_for(quiet)
+        folder = checked_output_dir(r, out)
         result = mislabel_detect(r, method=method, top=top, fraction=fraction, progress=progress)
-        written = write_mislabel_reports(result, output_dir(r, out))
+        written = write_mislabel_reports(result, folder)
         if not quiet:
             console.print(suspects_table(result))
-        record_run(output_dir(r, out), "mislabel-detect", r, progress, checkpoints=result.session.checkpoints,
+        record_run(folder, "mislabel-detect", r, progress, checkpoints=result.session.checkpoints,
                    html=html, written=written, quiet=quiet)
 
     run_guarded(body)

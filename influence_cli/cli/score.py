@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt, console,
-                                      output_dir, parse_indices, progress_for, record_run, run_guarded, without_cache)
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt,
+                                      checked_output_dir, console, parse_indices, progress_for, record_run, run_guarded,
+                                      without_cache)
 from influence_cli.estimators import Method
 from influence_cli.recipe import load_recipe
 from influence_cli.reports.influence import write_influence_reports
@@ -37,12 +38,13 @@ def score_command(
 
     def body() -> None:
         r, progress = without_cache(load_recipe(recipe), no_cache), progress_for(quiet)
+        folder = checked_output_dir(r, out)
         result = score(r, method=method, test_indices=parse_indices(test_indices), test_labels=test_labels,
                        k=top_k, keep_matrix=save_matrix, progress=progress)
-        written = write_influence_reports(result, output_dir(r, out))
+        written = write_influence_reports(result, folder)
         if not quiet:
             console.print(_table(result))
-        record_run(output_dir(r, out), "score", r, progress, checkpoints=result.session.checkpoints, html=html,
+        record_run(folder, "score", r, progress, checkpoints=result.session.checkpoints, html=html,
                    written=written, quiet=quiet)
 
     run_guarded(body)

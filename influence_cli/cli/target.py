@@ -9,8 +9,9 @@ from rich.table import Table
 
 from influence_cli.audits.target import (DEFAULT_K, DEFAULT_MIN_SHARE, DEFAULT_SHARE_THRESHOLD, DEFAULT_THRESHOLD,
                                          TargetResult, target_identify)
-from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt, console, output_dir,
-                                      parse_indices, progress_for, record_run, run_guarded, without_cache)
+from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, QuietOpt, RecipeArg, TestIndicesOpt,
+                                      checked_output_dir, console, parse_indices, progress_for, record_run, run_guarded,
+                                      without_cache)
 from influence_cli.estimators import Method
 from influence_cli.recipe import load_recipe
 from influence_cli.reports.target import write_target_reports
@@ -49,13 +50,14 @@ def target_command(
 
     def body() -> None:
         r, progress = without_cache(load_recipe(recipe), no_cache), progress_for(quiet)
+        folder = checked_output_dir(r, out)
         result = target_identify(r, method=method, test_indices=parse_indices(test_indices), k=top_k,
                                  threshold=threshold, share_threshold=share_threshold, min_share=min_share,
                                  misclassified_only=misclassified_only, progress=progress)
-        written = write_target_reports(result, output_dir(r, out))
+        written = write_target_reports(result, folder)
         if not quiet:
             console.print(_table(result))
-        record_run(output_dir(r, out), "target-identify", r, progress, checkpoints=result.session.checkpoints,
+        record_run(folder, "target-identify", r, progress, checkpoints=result.session.checkpoints,
                    html=html, written=written, quiet=quiet)
 
     run_guarded(body)

@@ -7,8 +7,8 @@ Every command that writes into an output folder DIR also records, in ``DIR/run.j
      "commands": {"<command>": {"finished" (UTC ISO time), "seconds", "argv",
                                 "tasks": [{"task", "total", "seconds"}]}}}
 
-Several commands may share a folder: each one adds or replaces its own entry under ``commands``;
-the top-level keys describe the latest run.
+Several commands may share a folder, even at the same time: each one adds or replaces its own entry
+under ``commands`` while holding the folder's lock; the top-level keys describe the latest run.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from influence_cli.errors import DataError, InfluenceError
 from influence_cli.recipe import Recipe, parse_recipe
-from influence_cli.reports.files import write_json
+from influence_cli.reports.files import folder_lock, write_json
 
 RUN_FILE = "run.json"
 
@@ -45,23 +45,24 @@ def write_run_info(out: Path, command: str, recipe: Recipe, *, seconds: float,
     from influence_cli import __version__
 
     path = out / RUN_FILE
-    previous = _read_or_empty(path)
-    commands = dict(previous.get("commands", {}))
-    commands[command] = {
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3),
-        "argv": sys.argv[1:],
-        "tasks": [{"task": t.task, "total": t.total, "seconds": round(t.seconds, 3)} for t in tasks],
-    }
-    info = {
-        "version": __version__,
-        "recipe_path": str(Path(recipe.source).resolve()) if recipe.source != "<recipe>" else None,
-        "base_dir": str(Path(recipe.base_dir).resolve()),
-        "recipe": recipe.to_dict(),
-        "checkpoints": [c.to_dict() for c in checkpoints] or previous.get("checkpoints", []),
-        "commands": commands,
-    }
-    return write_json(path, info)
+    with folder_lock(out):  # other commands may update the same run.json now
+        previous = _read_or_empty(path)
+        commands = dict(previous.get("commands", {}))
+        commands[command] = {
+            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "seconds": round(seconds, 3),
+            "argv": sys.argv[1:],
+            "tasks": [{"task": t.task, "total": t.total, "seconds": round(t.seconds, 3)} for t in tasks],
+        }
+        info = {
+            "version": __version__,
+            "recipe_path": str(Path(recipe.source).resolve()) if recipe.source != "<recipe>" else None,
+            "base_dir": str(Path(recipe.base_dir).resolve()),
+            "recipe": recipe.to_dict(),
+            "checkpoints": [c.to_dict() for c in checkpoints] or previous.get("checkpoints", []),
+            "commands": commands,
+        }
+        return write_json(path, info)
 
 
 def read_run_info(out: Path) -> dict[str, Any] | None:
@@ -74,7 +75,7 @@ def read_json_object(path: Path) -> dict[str, Any]:
     """A report file holding one JSON object; unreadable or other JSON is a :class:`DataError` naming it."""
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise DataError(f"{path}: cannot read: {exc}") from None
     if not isinstance(data, dict):
         raise DataError(f"{path}: expected a JSON object, got {type(data).__name__}")
