@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
 import pytest
 import torch
@@ -10,7 +11,9 @@ import torch
 from conftest import random_state, save_checkpoint
 from influence_cli import Session, load_recipe
 from influence_cli.errors import CheckpointError
-from influence_cli.loading.checkpoints import CheckpointRef, fit_to_model, list_checkpoints, load_checkpoint
+from fixtures.tiny_models import build_cnn, build_mlp
+from influence_cli.loading.checkpoints import (CheckpointRef, fit_to_model, list_checkpoints, load_checkpoint,
+                                             needs_pickle)
 from influence_cli.recipe import parse_recipe
 
 
@@ -117,3 +120,102 @@ def test_a_bad_learning_rate_in_the_file_is_refused(tmp_path, value, message) ->
     with pytest.raises(CheckpointError) as info:
         load_checkpoint(CheckpointRef(path, "auto", "checkpoints[0]"))
     assert info.value.message == f"checkpoints[0] ({path}): {message}"
+
+
+@pytest.mark.parametrize("name, values, count", [
+    ("conv.weight", [float("nan")], 1),
+    ("fc.bias", [float("inf"), float("-inf"), float("nan")], 3),
+    ("bn.running_var", [float("inf")], 1),   # buffers count too
+    ("bn.running_mean", [float("nan")] * 2, 2),
+])
+def test_non_finite_weights_and_buffers_are_refused_naming_file_and_tensor(tmp_path, name, values, count) -> None:
+    state = random_state("cnn", torch.Generator().manual_seed(3))
+    state[name].view(-1)[:len(values)] = torch.tensor(values, dtype=state[name].dtype)
+    path = save_checkpoint(tmp_path / "ck.pt", state, "plain", 0.1)
+    with pytest.raises(CheckpointError) as info:
+        fit_to_model(build_cnn().double(), _load_one(tmp_path, path, 0.1), f"checkpoints[0] ({path})")
+    plural = "s" if count > 1 else ""
+    assert info.value.message == f"checkpoints[0] ({path}): {name} has {count} non-finite value{plural} (NaN or inf)"
+
+
+def test_a_weight_that_overflows_the_models_dtype_is_refused(tmp_path) -> None:
+    state = {k: v.double() for k, v in random_state("mlp", torch.Generator().manual_seed(4)).items()}
+    state["2.weight"][0, :2] = 1e300  # finite in float64, inf in float32
+    path = save_checkpoint(tmp_path / "ck.pt", state, "plain", 0.1)
+    ckpt = _load_one(tmp_path, path, 0.1)
+    with pytest.raises(CheckpointError) as info:
+        fit_to_model(build_mlp().float(), ckpt, "here")
+    assert info.value.message == "here: 2.weight has 2 values too large for the model's dtype float32"
+    assert set(fit_to_model(build_mlp().double(), ckpt, "here")) == set(state)
+
+
+class _RunsACommand:
+    """What an attacker puts in a checkpoint: unpickling it would run ``touch <marker>``."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_pickle_that_would_run_code_is_refused_as_needing_pickle_and_nothing_runs(tmp_path, legacy) -> None:
+    marker = tmp_path / "it-ran"
+    state = random_state("mlp", torch.Generator().manual_seed(5))
+    torch.save({"model_state_dict": state, "hook": _RunsACommand(marker)}, tmp_path / "ck.pt",
+               _use_new_zipfile_serialization=not legacy)
+    assert b"system" in (tmp_path / "ck.pt").read_bytes()  # the pickle names os.system (posix.system)
+    with pytest.raises(CheckpointError) as info:
+        _load_one(tmp_path, tmp_path / "ck.pt", 0.1)
+    assert info.value.message == (f"checkpoints[0] ({tmp_path / 'ck.pt'}): the file needs pickle to load, which can "
+                                  "run code; set `trust_checkpoints: true` in the recipe if you trust it")
+    assert needs_pickle(tmp_path / "ck.pt")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", [
+    lambda data: data[:len(data) // 2],                       # a truncated archive
+    lambda data: b"not a checkpoint",
+    # an edited global inside the archive (its CRC no longer matches): damage, not a need for pickle
+    lambda data: data.replace(b"collections\nOrderedDict", b"collections\nOrderedDicX", 1),
+    lambda data: b'{"a": 1}',
+])
+def test_a_corrupt_file_is_not_said_to_need_pickle(tmp_path, damage) -> None:
+    path = save_checkpoint(tmp_path / "ck.pt", random_state("mlp", torch.Generator().manual_seed(6)), "plain", 0.1)
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(CheckpointError) as info:
+        _load_one(tmp_path, path, 0.1)
+    assert info.value.message == (f"checkpoints[0] ({path}): not a readable PyTorch checkpoint (corrupt or another "
+                                  "format)")
+
+
+def test_an_empty_checkpoint_file(tmp_path) -> None:
+    (tmp_path / "ck.pt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"\): the file is empty \(0 bytes\)$"):
+        _load_one(tmp_path, tmp_path / "ck.pt", 0.1)
+
+
+@pytest.mark.parametrize("layout, given, hint", [
+    (["empty/"], "empty", ""),
+    (["run/checkpoint-500/model.safetensors"], "run/checkpoint-500",
+     "; it looks like a transformers Trainer checkpoint: set `checkpoints: {{hf_trainer_dir: {root}/run}}` to use "
+     "every checkpoint-<step>/ of that run"),
+    (["run/checkpoint-2/", "run/checkpoint-4/"], "run",
+     "; it holds transformers Trainer checkpoints: set `checkpoints: {{hf_trainer_dir: {root}/run}}` to use every "
+     "checkpoint-<step>/ in it"),
+    (["export/config.json", "export/model.safetensors"], "export",
+     "; give the weights file inside it, {root}/export/model.safetensors"),
+])
+def test_a_folder_given_as_a_checkpoint_is_said_to_be_a_folder(tmp_path, layout, given, hint) -> None:
+    for entry in layout:
+        target = tmp_path / entry
+        if entry.endswith("/"):
+            target.mkdir(parents=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        list_checkpoints(_recipe(tmp_path, [{"path": given, "learning_rate": 0.1}]))
+    assert info.value.message == (f"checkpoints[0] ({tmp_path / given}): is a folder, not a checkpoint file"
+                                  + hint.format(root=tmp_path))

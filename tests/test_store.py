@@ -1,15 +1,18 @@
-"""The gradient store: exact round trips, reuse across runs, resume after a kill, invalidation."""
+"""The gradient store: exact round trips, reuse across runs, resume after a kill, invalidation, and
+self-verification (a damaged, edited or swapped shard or manifest is recomputed or rewritten with a warning)."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from conftest import random_state, save_checkpoint
 from influence_cli import load_recipe, score
-from influence_cli.errors import GradientError
 from influence_cli.gradients.factorized import Factors, LayerGrads
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads
@@ -90,14 +93,103 @@ def test_changed_checkpoint_or_recipe_invalidates_only_what_it_must(tiny_recipe)
     assert other_layers.store.hits == 0 and other_layers.store.dir != changed.store.dir
 
 
-def test_unreadable_shard_is_an_error_naming_it(tiny_recipe) -> None:
-    run = tiny_recipe("mlp", n_train=N_TRAIN, n_test=2, batch_size=BATCH)
-    session = _session(run, cache_dir="cache")
-    _scores(session, [0])
-    shard = next((run.dir / "cache").rglob("*.safetensors"))
+def _stored(run) -> list:
+    return sorted((run.dir / "cache").rglob("*.safetensors"))
+
+
+def _overwrite_middle(shard, run) -> None:
+    data = shard.read_bytes()
+    start = max(0, len(data) // 2 - 2048)
+    end = min(len(data), start + 4096)
+    shard.write_bytes(data[:start] + (bytes(range(256)) * 16)[:end - start] + data[end:])
+
+
+def _flip_last_bytes(shard, run) -> None:  # tensor bytes only: the header still parses
+    data = shard.read_bytes()
+    shard.write_bytes(data[:-8] + bytes(b ^ 0xFF for b in data[-8:]))
+
+
+def _copy_other_checkpoints_shard(shard, run) -> None:  # same batch key and size, other checkpoint
+    other = next(s for s in _stored(run) if s.name == shard.name and s != shard)
+    shard.write_bytes(other.read_bytes())
+
+
+def _edit_layout_metadata(shard, run) -> None:  # a readable shard whose metadata was edited
+    with safe_open(str(shard), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    save_file(tensors, str(shard), metadata={**metadata, "meta": metadata["meta"].replace('"flat"', '"layers"')})
+
+
+def _drop_metadata_keys(shard, run) -> None:
+    with safe_open(str(shard), framework="pt") as fh:
+        tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    save_file(tensors, str(shard), metadata={"note": "edited"})
+
+
+def _not_safetensors(shard, run) -> None:
     shard.write_bytes(b"not a safetensors file")
-    with pytest.raises(GradientError, match=shard.name):
-        _scores(_session(run, cache_dir="cache"), [0])
+
+
+@pytest.mark.parametrize("damage", [_overwrite_middle, _flip_last_bytes, _copy_other_checkpoints_shard,
+                                    _edit_layout_metadata, _drop_metadata_keys, _not_safetensors])
+def test_a_damaged_shard_is_recomputed_with_one_warning_naming_it(tiny_recipe, damage) -> None:
+    run = tiny_recipe("mlp", n_train=N_TRAIN, n_test=2, batch_size=BATCH, projection={"dim": 8, "seed": 1})
+    clean = _scores(_session(run, cache_dir="cache"), [0, 1])
+    shard = _stored(run)[1]
+    damage(shard, run)
+    session = _session(run, cache_dir="cache")
+    with pytest.warns(UserWarning) as caught:
+        got = _scores(session, [0, 1])
+    (message,) = [str(w.message) for w in caught if "gradient shard" in str(w.message)]
+    assert message.startswith(f"{shard}: damaged gradient shard (")
+    assert (session.store.hits, session.store.misses) == (5, 1)
+    assert torch.equal(got[0], clean[0]) and torch.equal(got[1], clean[1])
+    again = _session(run, cache_dir="cache")  # the shard was replaced by a good one
+    assert torch.equal(_scores(again, [0, 1])[0], clean[0]) and again.store.hits == 6
+
+
+def test_swapped_shards_are_both_recomputed(tiny_recipe, recwarn) -> None:
+    run = tiny_recipe("mlp", n_train=N_TRAIN, n_test=2, batch_size=BATCH)
+    clean = _scores(_session(run, cache_dir="cache"), [0, 1])
+    first, second = (s for s in _stored(run) if s.name == _stored(run)[0].name)
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b), second.write_bytes(a)
+    got = _scores(_session(run, cache_dir="cache"), [0, 1])
+    assert torch.equal(got[0], clean[0]) and torch.equal(got[1], clean[1])
+    warned = [str(w.message).partition(":")[0] for w in recwarn if "gradient shard" in str(w.message)]
+    assert sorted(warned) == sorted([str(first), str(second)])
+
+
+@pytest.mark.parametrize("text", ["{not json", "{}", '{"format": 2}', "[1, 2]", ""])
+def test_an_edited_manifest_is_rewritten_with_a_warning_and_the_shards_stay_usable(tiny_recipe, text) -> None:
+    run = tiny_recipe("mlp", n_train=N_TRAIN, n_test=2, batch_size=BATCH)
+    first = _session(run, cache_dir="cache")
+    clean = _scores(first, [0])
+    manifest = first.store.dir / "manifest.json"
+    original = manifest.read_text()
+    manifest.write_text(text)
+    with pytest.warns(UserWarning, match=f"^{manifest}: edited or damaged; rewriting it") as caught:
+        session = _session(run, cache_dir="cache")
+    assert len(caught) == 1
+    assert torch.equal(_scores(session, [0])[0], clean[0]) and session.store.hits == 6
+    assert manifest.read_text() == original
+
+
+def test_a_damaged_shard_warns_in_one_line_on_the_cli(tiny_recipe) -> None:
+    from typer.testing import CliRunner
+
+    from influence_cli.cli import app
+
+    run = tiny_recipe("mlp", n_train=N_TRAIN, n_test=2, batch_size=BATCH, cache_dir="cache")
+    args = ["score", str(run.recipe_path), "--quiet", "--out", str(run.dir / "report")]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    clean = json.loads((run.dir / "report" / "influence.json").read_text())["test"]
+    shard = _stored(run)[2]
+    _overwrite_middle(shard, run)
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert res.stderr.startswith(f"warning: {shard}: damaged gradient shard (") and res.stderr.count("\n") == 1
+    assert json.loads((run.dir / "report" / "influence.json").read_text())["test"] == clean
 
 
 def test_score_no_cache_flag(tiny_recipe) -> None:

@@ -17,6 +17,14 @@ Layout::
   complete shards and the next run resumes from them with identical results; another ``score``
   with different test examples reuses every shard.
 
+Every shard verifies itself: its metadata holds a sha256 of its place in the store (recipe key,
+checkpoint, batch key), its layout metadata and every tensor (name, dtype, shape, bytes). A shard
+that cannot be parsed or whose checksum does not match (damaged bytes, or a shard copied over
+another's name) is recomputed and overwritten, with one warning naming it. ``manifest.json`` is
+a readable copy of the recipe key for people; nothing is read from it (the folder name is the
+key's hash), so an edited or damaged manifest is rewritten, with one warning, and the shards stay
+usable.
+
 The per-layer weights w_l of GAS/GAS-L are recomputed from the stored gradients, so one store
 serves every method.
 """
@@ -26,20 +34,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
-from influence_cli.errors import GradientError, RecipeError
+from influence_cli.errors import GradientError, RecipeError, first_line
 from influence_cli.gradients.factorized import Factors, LayerGrads
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, GradientBatch
 from influence_cli.recipe import Recipe
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: every shard carries its checksum
 
 
 def _digest(text: str | bytes, n: int = 16) -> str:
@@ -67,6 +76,17 @@ def encode(grads: GradientBatch) -> tuple[dict[str, torch.Tensor], dict[str, str
             tensors[f"{l}.g"] = own(block)
             meta["blocks"].append({"factors": False})
     return tensors, {"meta": json.dumps(meta)}
+
+
+def _checksum(where: str, tensors: dict[str, torch.Tensor], meta: str) -> str:
+    """sha256 of a shard's place in the store (``where``), its layout metadata and every tensor
+    (name, dtype, shape and bytes), so that damaged bytes and a shard moved to another name both fail."""
+    digest = hashlib.sha256(f"{where}\n{meta}\n".encode())
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(f"{name} {t.dtype} {tuple(t.shape)}\n".encode())
+        digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
 
 
 def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: torch.device) -> GradientBatch:
@@ -121,43 +141,74 @@ class GradientStore:
         self.dir = root / _digest(text)
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
+            self._write_manifest()
         except OSError as exc:
             raise RecipeError(f"cache_dir: cannot create the gradient store in {root}: {exc.strerror or exc}") from None
-        manifest = self.dir / "manifest.json"
-        if not manifest.exists():
-            tmp = manifest.with_name(f"manifest.json.{os.getpid()}.part")
-            tmp.write_text(json.dumps(self.key, indent=1, sort_keys=True, default=str) + "\n")
-            os.replace(tmp, manifest)
         self.hits = 0
         self.misses = 0
+
+    def _write_manifest(self) -> None:
+        """Write ``manifest.json`` unless it already holds the key; rewrite an edited or damaged one
+        with a warning (nothing is read from it: every shard verifies itself)."""
+        manifest = self.dir / "manifest.json"
+        text = json.dumps(self.key, indent=1, sort_keys=True, default=str) + "\n"
+        if manifest.is_file():
+            try:
+                if json.loads(manifest.read_bytes()) == json.loads(text):
+                    return
+            except (OSError, ValueError):
+                pass
+            warnings.warn(f"{manifest}: edited or damaged; rewriting it (the shards are checked one by one "
+                          "and stay usable)", stacklevel=3)
+        tmp = manifest.with_name(f"manifest.json.{os.getpid()}.part")
+        tmp.write_text(text)
+        os.replace(tmp, manifest)
 
     def shard(self, checkpoint_sha256: str, indices: torch.Tensor) -> Path:
         """Where the gradients of training examples ``indices`` at that checkpoint live."""
         batch = _digest(indices.to(torch.int64).cpu().contiguous().numpy().tobytes())
         return self.dir / checkpoint_sha256 / f"{batch}.safetensors"
 
-    def load(self, checkpoint_sha256: str, indices: torch.Tensor, device: torch.device) -> GradientBatch | None:
-        """The stored gradients, or ``None`` when this shard has not been computed yet."""
-        path = self.shard(checkpoint_sha256, indices)
-        if not path.exists():
-            self.misses += 1
-            return None
+    def _where(self, path: Path) -> str:
+        return path.relative_to(self.dir.parent).as_posix()
+
+    def _verified(self, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]] | str:
+        """The shard's (tensors, metadata) if its checksum holds, else what is wrong with it."""
         try:
             with safe_open(str(path), framework="pt") as fh:
-                metadata = fh.metadata()
-            tensors = load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise GradientError(f"{path}: unreadable gradient shard ({exc}); delete it or run with --no-cache"
-                                ) from None
+                metadata = fh.metadata() or {}
+                tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        except Exception as exc:  # safetensors' own error, OSError, ValueError: all mean unusable
+            return f"unreadable: {type(exc).__name__}: {first_line(exc)}"
+        meta = metadata.get("meta")
+        if meta is None or metadata.get("sha256") != _checksum(self._where(path), tensors, meta):
+            return "checksum mismatch: damaged, edited, or copied from another shard"
+        return tensors, metadata
+
+    def load(self, checkpoint_sha256: str, indices: torch.Tensor, device: torch.device) -> GradientBatch | None:
+        """The stored gradients, or ``None`` when this shard has not been computed yet or fails its
+        checksum (then with a warning naming it; the caller recomputes and saves it again)."""
+        path = self.shard(checkpoint_sha256, indices)
+        found = self._verified(path) if path.exists() else None
+        if isinstance(found, str):
+            warnings.warn(f"{path}: damaged gradient shard ({found}); recomputing and replacing it", stacklevel=2)
+        if not isinstance(found, tuple):
+            self.misses += 1
+            return None
         self.hits += 1
-        return decode(tensors, metadata, device)
+        return decode(*found, device)
 
     def save(self, checkpoint_sha256: str, indices: torch.Tensor, grads: GradientBatch) -> Path:
-        """Write one shard atomically (``.part`` + rename)."""
+        """Write one shard with its checksum, atomically (``.part`` + rename)."""
         path = self.shard(checkpoint_sha256, indices)
-        path.parent.mkdir(parents=True, exist_ok=True)
         tensors, metadata = encode(grads)
+        metadata["sha256"] = _checksum(self._where(path), tensors, metadata["meta"])
         tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_file(tensors, str(tmp), metadata=metadata)
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise GradientError(f"{path}: cannot write the gradient shard ({exc.strerror or exc}); check "
+                                "cache_dir or run with --no-cache") from None
         return path

@@ -12,7 +12,11 @@ Formats understood:
   (:mod:`influence_cli.loading.hf_trainer`).
 
 Files load with ``torch.load(weights_only=True)``; a file that needs pickle is refused unless the
-recipe sets ``trust_checkpoints: true``. A ``module.`` prefix (DataParallel/DDP) is stripped.
+recipe sets ``trust_checkpoints: true``. Whether a refused file needs pickle or is corrupt is
+decided by parsing its pickle opcodes (:func:`needs_pickle`, which runs nothing), not by
+PyTorch's wording. A ``module.`` prefix (DataParallel/DDP) is stripped. Every floating tensor the
+model takes (weights and buffers such as BatchNorm running statistics) must be finite in the
+model's dtype.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import glob as globlib
 import hashlib
 import math
 import pickle
+import pickletools
 import re
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Mapping
 
 import torch
 from torch import nn
@@ -34,6 +41,7 @@ from influence_cli.recipe import CheckpointGlob, HFTrainerCheckpoints, Recipe
 
 _STATE_KEYS = ("model_state_dict", "state_dict", "model")
 _OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states")
+_LEGACY_PICKLES = 5  # a pre-zip torch.save: magic number, protocol, sys info, the object, storage keys
 
 
 @dataclass(frozen=True)
@@ -88,9 +96,45 @@ def list_checkpoints(recipe: Recipe) -> list[CheckpointRef]:
         refs = [CheckpointRef(Path(p), lr, f"checkpoints.glob[{i}]", spec.strip_prefix)
                 for i, (p, lr) in enumerate(zip(paths, rates))]
     for ref in refs:
+        if ref.path.is_dir():
+            from influence_cli.loading.hf_trainer import folder_hint
+
+            raise CheckpointError(f"{ref.where}: is a folder, not a checkpoint file{folder_hint(ref.path)}")
         if not ref.path.is_file():
             raise CheckpointError(f"{ref.where}: file not found")
     return refs
+
+
+def _pickles_parse(stream: IO[bytes], count: int) -> bool:
+    """Whether ``stream`` holds up to ``count`` consecutive well-formed pickles (at least one),
+    checked opcode by opcode with :mod:`pickletools`, which never imports or calls anything."""
+    for i in range(count):
+        if i and not stream.peek(1):  # type: ignore[attr-defined]
+            break
+        try:
+            for _ in pickletools.genops(stream):
+                pass
+        except Exception:  # pickletools raises ValueError and friends on any malformed opcode or argument
+            return False
+    return True
+
+
+def needs_pickle(path: Path) -> bool:
+    """Whether a file that ``torch.load(weights_only=True)`` refused needs the full unpickler (a
+    well-formed torch archive or pickle naming more than tensors), rather than being corrupt or in
+    another format. Decided without PyTorch's wording and without running the pickle."""
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as fh:
+                return _pickles_parse(fh, _LEGACY_PICKLES)
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n == "data.pkl" or n.endswith("/data.pkl")]
+            if not names:
+                return False
+            with archive.open(names[0]) as fh:
+                return _pickles_parse(fh, 1)
+    except (OSError, zipfile.BadZipFile):
+        return False
 
 
 def _read(ref: CheckpointRef, trust: bool) -> Any:
@@ -102,19 +146,28 @@ def _read(ref: CheckpointRef, trust: bool) -> Any:
         except Exception as exc:
             raise CheckpointError(f"{ref.where}: not a readable safetensors file: {exc}") from None
     try:
-        return torch.load(ref.path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        if trust:
-            raise CheckpointError(f"{ref.where}: cannot unpickle: {first_line(exc)}") from None
-        if "Unsupported global" not in str(exc):  # corrupt or not a checkpoint: pickle would not help
-            raise CheckpointError(f"{ref.where}: not a readable PyTorch checkpoint (corrupt or another "
-                                  "format)") from None
-        raise CheckpointError(
-            f"{ref.where}: the file needs pickle to load, which can run code; set "
-            "`trust_checkpoints: true` in the recipe if you trust it") from None
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise before a refusal
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(ref.path, map_location="cpu", weights_only=not trust)
     except Exception as exc:
-        raise CheckpointError(f"{ref.where}: not a readable PyTorch checkpoint: "
-                              f"{type(exc).__name__}: {first_line(exc)}") from None
+        reason = torch_load_failure(ref.path, exc, what="readable PyTorch checkpoint", trust=trust,
+                                    pickle_hint="set `trust_checkpoints: true` in the recipe if you trust it")
+        raise CheckpointError(f"{ref.where}: {reason}") from None
+
+
+def torch_load_failure(path: Path, exc: Exception, *, what: str, pickle_hint: str, trust: bool = False) -> str:
+    """Why ``torch.load(path)`` raised ``exc``, in this project's words (never PyTorch's advice to
+    set ``weights_only=False``): empty, unreadable, needs pickle (then ``pickle_hint``), cannot be
+    unpickled (only when pickle is trusted), or not ``what`` (corrupt or another format)."""
+    if isinstance(exc, OSError):
+        return f"cannot read the file: {exc.strerror or exc}"
+    if path.stat().st_size == 0:
+        return "the file is empty (0 bytes)"
+    if isinstance(exc, pickle.UnpicklingError) and not trust and needs_pickle(path):
+        return f"the file needs pickle to load, which can run code; {pickle_hint}"
+    if trust and isinstance(exc, (pickle.UnpicklingError, ImportError, AttributeError)):
+        return f"cannot unpickle: {type(exc).__name__}: {first_line(exc)}"
+    return f"not a {what} (corrupt or another format)"
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -195,7 +248,8 @@ def load_checkpoint(ref: CheckpointRef, *, trust: bool = False) -> Checkpoint:
 def fit_to_model(model: nn.Module, ckpt: Checkpoint, where: str) -> dict[str, torch.Tensor]:
     """The checkpoint's tensors for every parameter and persistent buffer of ``model``.
 
-    Missing or unexpected keys and shape mismatches are errors naming the first offender.
+    Missing or unexpected keys, shape mismatches and non-finite values (NaN or inf, also after the
+    cast to the model's dtype) are errors naming the first offender.
     """
     expected = model.state_dict()
     missing = [k for k in expected if k not in ckpt.state]
@@ -215,4 +269,20 @@ def fit_to_model(model: nn.Module, ckpt: Checkpoint, where: str) -> dict[str, to
         if got.is_floating_point() != tensor.is_floating_point():
             raise CheckpointError(f"{where}: {name} holds {got.dtype} values but the model expects "
                                   f"{tensor.dtype}")
+        _check_finite(got, tensor.dtype, f"{where}: {name}")
     return {k: ckpt.state[k] for k in expected}
+
+
+def _check_finite(got: torch.Tensor, dtype: torch.dtype, what: str) -> None:
+    """Refuse NaN/inf values in a floating tensor, and finite ones that overflow ``dtype``: one
+    :func:`torch.isfinite` pass (and one more after the cast when ``dtype`` is narrower)."""
+    if not got.is_floating_point():
+        return
+    bad = int((~torch.isfinite(got)).sum())
+    if bad:
+        raise CheckpointError(f"{what} has {bad} non-finite value{'s' if bad > 1 else ''} (NaN or inf)")
+    if torch.finfo(dtype).max < torch.finfo(got.dtype).max:
+        bad = int((~torch.isfinite(got.to(dtype))).sum())
+        if bad:
+            raise CheckpointError(f"{what} has {bad} value{'s' if bad > 1 else ''} too large for the model's "
+                                  f"dtype {str(dtype).removeprefix('torch.')}")

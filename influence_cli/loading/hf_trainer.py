@@ -34,6 +34,23 @@ def trainer_checkpoint_folders(run_dir: Path, key: str) -> list[tuple[int, Path]
     return found
 
 
+def folder_hint(folder: Path) -> str:
+    """A hint for a folder given where a checkpoint file belongs: the ``hf_trainer_dir`` form for
+    a Trainer run or one of its ``checkpoint-<step>/`` folders, else the weights file inside it."""
+    if _FOLDER.fullmatch(folder.name):
+        return (f"; it looks like a transformers Trainer checkpoint: set `checkpoints: {{hf_trainer_dir: "
+                f"{folder.parent}}}` to use every checkpoint-<step>/ of that run")
+    try:
+        runs = any(d.is_dir() and _FOLDER.fullmatch(d.name) for d in folder.iterdir())
+    except OSError:
+        runs = False
+    if runs:
+        return (f"; it holds transformers Trainer checkpoints: set `checkpoints: {{hf_trainer_dir: {folder}}}` "
+                "to use every checkpoint-<step>/ in it")
+    weights = [f for f in ("model.safetensors", "pytorch_model.bin") if (folder / f).is_file()]
+    return f"; give the weights file inside it, {folder / weights[0]}" if weights else ""
+
+
 def weights_file(folder: Path, *, trust: bool, where: str) -> Path:
     """The folder's ``model.safetensors``, or ``pytorch_model.bin`` when pickle is trusted."""
     safetensors, pickled = folder / "model.safetensors", folder / "pytorch_model.bin"
