@@ -27,7 +27,7 @@ from torch import nn
 
 from influence_cli.errors import InfluenceError
 from influence_cli.progress import NoProgress, Progress
-from influence_cli.reports.files import atomic_write, write_json
+from influence_cli.files import atomic_write, write_json
 
 Noise = Literal["uniform", "pairs"]
 Arch = Literal["cnn", "mlp"]

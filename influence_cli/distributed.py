@@ -16,7 +16,7 @@ starts W processes and gives each the environment ``RANK``, ``WORLD_SIZE``, ``LO
   :func:`influence_cli.engine.train_pass`) and gathers every rank's result on every rank, so all
   ranks continue with the same numbers; the engine merges them
   (:meth:`~influence_cli.engine.TrainPassResult.merge`).
-- Only rank 0 writes report files (:func:`is_main`; see :func:`influence_cli.reports.files.atomic_write`)
+- Only rank 0 writes report files (:func:`is_main`; see :func:`influence_cli.files.atomic_write`)
   and prints tables.
 
 Failures: an exception on one rank during its shard travels with the results, so every rank

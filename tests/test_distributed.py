@@ -28,7 +28,7 @@ from influence_cli.distributed import shard
 from influence_cli.engine import TrainPassResult
 from influence_cli.errors import DistributedError
 from influence_cli.methods import Method
-from influence_cli.reports.files import atomic_write
+from influence_cli.files import atomic_write
 from influence_cli.session import Session
 
 from conftest import write_tiny_recipe

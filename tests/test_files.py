@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from influence_cli.errors import InfluenceError
-from influence_cli.reports.files import atomic_write, markdown_table, write_json, write_summary
+from influence_cli.files import atomic_write, write_json
+from influence_cli.reports.files import markdown_table, write_summary
 
 
 def test_atomic_write_leaves_no_part_file(tmp_path: Path) -> None:

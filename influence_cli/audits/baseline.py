@@ -24,7 +24,7 @@ import torch
 
 from influence_cli.errors import DataError
 from influence_cli.loading.data import Examples, Inputs
-from influence_cli.reports.files import write_json
+from influence_cli.files import write_json
 
 FORMAT = "influence-cli-baseline"
 VERSION = 1

@@ -18,7 +18,7 @@ from influence_cli.errors import InfluenceError
 from influence_cli.outputs import Target
 from influence_cli.recipe import Recipe, load_recipe
 from influence_cli.reports.check import append_step_summary, junit_xml, markdown, text_report, write_check_reports
-from influence_cli.reports.files import atomic_write
+from influence_cli.files import atomic_write
 
 
 class Format(str, Enum):

@@ -15,7 +15,8 @@ from rich.text import Text
 
 from influence_cli import distributed
 from influence_cli.audits.check import CheckResult
-from influence_cli.reports.files import atomic_write, markdown_table, write_json
+from influence_cli.files import atomic_write, write_json
+from influence_cli.reports.files import markdown_table
 
 SUITE = "influence-cli check"
 

@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+from html import escape
 from pathlib import Path
 
-from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json, write_summary
+from influence_cli.files import atomic_write, write_json
+from influence_cli.reports.files import markdown_table, write_csv, write_summary
 from influence_cli.scoring import InfluenceResult
 
 
@@ -38,7 +40,7 @@ def _summary(data: dict) -> str:
     for t in data["test"][:20]:
         lines.append(f"## Test example {t['test_index']} (label {t['label']}, prediction {t['prediction']})\n")
         if _described(t):
-            lines.append(f"{_described(t)}\n")
+            lines.append(f"{escape(_described(t), quote=False)}\n")  # Markdown renders raw HTML
         best = max(len(t["proponents"]), len(t["opponents"]))
         rows = []
         for r in range(min(best, 5)):

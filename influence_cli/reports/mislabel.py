@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from influence_cli.audits.mislabel import MislabelResult
-from influence_cli.reports.files import markdown_table, write_csv, write_json, write_summary
+from influence_cli.files import write_json
+from influence_cli.reports.files import markdown_table, write_csv, write_summary
 
 _COLUMNS = ("rank", "train_index", "score", "given_label", "suggested_label", "suggested_prob", "flagged")
 

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 from influence_cli.errors import DataError, InfluenceError
 from influence_cli.recipe import Recipe, parse_recipe
-from influence_cli.reports.files import folder_lock, write_json
+from influence_cli.files import folder_lock, write_json
 
 RUN_FILE = "run.json"
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from influence_cli.audits.target import TargetResult
-from influence_cli.reports.files import atomic_write, markdown_table, write_csv, write_json, write_summary
+from influence_cli.files import atomic_write, write_json
+from influence_cli.reports.files import markdown_table, write_csv, write_summary
 
 _COLUMNS = ("rank", "test_index", "anomaly_score", "flagged", "label", "prediction", "n_suspects")
 
