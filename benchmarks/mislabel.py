@@ -38,6 +38,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from influence_cli.audits.mislabel import POSITIVE_SIGNALS, FlagRule, combine, compute_signals, signal_z
 from influence_cli.demo import TrainSchedule, make_digits_run, train_model
 from influence_cli.loading.imports import import_callable
+from influence_cli.methods import MislabelMethod
 from influence_cli.recipe import load_recipe
 from influence_cli.session import Session
 

@@ -299,14 +299,15 @@ def measure(run: PlantedRun, method: str, k: int | None = None, misclassified_on
     from sklearn.metrics import average_precision_score
 
     from influence_cli import Session, load_recipe, score
-    from influence_cli.audits.target import (DEFAULT_K, DEFAULT_MIN_SHARE, DEFAULT_SHARE_THRESHOLD, DEFAULT_THRESHOLD,
-                                             target_identify)
+    from influence_cli.audits.target import target_identify
+    from influence_cli.methods import (DEFAULT_TARGET_K, DEFAULT_TARGET_MIN_SHARE, DEFAULT_TARGET_SHARE_THRESHOLD,
+                                       DEFAULT_TARGET_THRESHOLD)
 
     session = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
-    result = target_identify(session, method=method, k=k or DEFAULT_K, misclassified_only=misclassified_only,
-                             threshold=threshold or DEFAULT_THRESHOLD,
-                             share_threshold=share_threshold or DEFAULT_SHARE_THRESHOLD,
-                             min_share=DEFAULT_MIN_SHARE if min_share is None else min_share)
+    result = target_identify(session, method=method, k=k or DEFAULT_TARGET_K, misclassified_only=misclassified_only,
+                             threshold=threshold or DEFAULT_TARGET_THRESHOLD,
+                             share_threshold=share_threshold or DEFAULT_TARGET_SHARE_THRESHOLD,
+                             min_share=DEFAULT_TARGET_MIN_SHARE if min_share is None else min_share)
     data = result.to_dict()["test"]
     out: dict[str, float] = {"flagged": sum(t["flagged"] for t in data),
                              "misclassified": sum(t["label"] != t["prediction"] for t in data)}

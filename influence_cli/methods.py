@@ -1,8 +1,9 @@
-"""The choices a user makes by name: estimators, mislabel signals, test labels.
+"""The choices a user makes by name (estimators, mislabel signals, test labels) and the defaults
+of the audits' settings.
 
-One home for each set of spellings, shared by the recipe schema, the library and the CLI (this
-module imports nothing heavy, so ``--help`` stays fast). :func:`choose` turns a user's string
-into a member or a :class:`~influence_cli.errors.ParameterError` listing the choices.
+One home for each set of spellings and each default, shared by the recipe schema, the library and
+the CLI (this module imports nothing heavy, so ``--help`` stays fast). :func:`choose` turns a
+user's string into a member or a :class:`~influence_cli.errors.ParameterError` listing the choices.
 """
 
 from __future__ import annotations
@@ -46,6 +47,18 @@ class TestLabels(Choice):
     GIVEN = "given"
     PREDICTED = "predicted"
 
+
+#: ``mislabel-detect``'s method (see :mod:`influence_cli.audits.mislabel` for why).
+DEFAULT_MISLABEL_METHOD = MislabelMethod.COMBINED
+
+# ``target-identify`` (see :mod:`influence_cli.audits.target` for how they were chosen):
+#: k, the proponents kept per candidate (about the number of attack examples).
+DEFAULT_TARGET_K = 40
+#: Flag a candidate whose anomaly score exceeds this ...
+DEFAULT_TARGET_THRESHOLD = 5.0
+#: ... or exceeds this while owning more than DEFAULT_TARGET_MIN_SHARE of its top-k.
+DEFAULT_TARGET_SHARE_THRESHOLD = 2.5
+DEFAULT_TARGET_MIN_SHARE = 0.5
 
 C = TypeVar("C", bound=Choice)
 

@@ -20,7 +20,6 @@ hard links and case-insensitive file systems count too).
 
 from __future__ import annotations
 
-import glob as globlib
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Literal, Sequence
 
 from influence_cli.errors import DataError, InfluenceError
-from influence_cli.recipe import (CheckpointGlob, FactoryData, HFTrainerCheckpoints, ImageFolderData, Recipe,
-                                  TensorsData, TextData)
+from influence_cli.loading.inputs import recipe_inputs
+from influence_cli.recipe import Recipe
 
 Kind = Literal["folder", "baseline", "junit"]
 
@@ -63,7 +62,7 @@ def guard_outputs(recipe: Recipe, targets: Sequence[Target], also_reads: Sequenc
     """Refuse, before anything is computed, outputs that would overwrite an input or something that is not
     ours, and outputs that cannot be written (see the module docstring). ``also_reads`` are input files the
     recipe does not name (``check --baseline FILE``), with what they are."""
-    inputs = recipe_inputs(recipe, also_reads)
+    inputs = run_inputs(recipe, also_reads)
     written: dict[tuple[Any, ...], Target] = {}
     for target in targets:
         _refuse_inputs(target, inputs)
@@ -76,41 +75,17 @@ def guard_outputs(recipe: Recipe, targets: Sequence[Target], also_reads: Sequenc
         _probe(target, _folder_of(target))
 
 
-def recipe_inputs(recipe: Recipe, also_reads: Sequence[tuple[Path, str]] = ()) -> RunInputs:
-    """The files the recipe names (resolved against its folder) and the folders outputs must stay out of."""
-    named: list[tuple[Path, str]] = [*also_reads]
-    if recipe.source != "<recipe>":
-        named.append((Path(recipe.source), "the recipe"))
-    named += [(p, "a checkpoint") for p in _checkpoint_files(recipe)]
-    code = [(recipe.model.factory, "the model code"), (recipe.loss, "the loss code")]
-    trees = [(recipe.resolve(recipe.cache_dir), "the gradient store (cache_dir)")] if recipe.cache_dir else []
-    for split, spec in (("training", recipe.data.train), ("test", recipe.data.test)):
-        if isinstance(spec, (TensorsData, TextData)):
-            named.append((recipe.resolve(spec.path), f"the {split} data"))
-        elif isinstance(spec, FactoryData):
-            code.append((spec.factory, f"the {split} data code"))
-        elif isinstance(spec, ImageFolderData):
-            trees.append((recipe.resolve(spec.root), f"the {split} images"))
-    named += [(recipe.resolve(ref.rpartition(":")[0]), what) for ref, what in code
-              if ref and ref.rpartition(":")[0].endswith(".py")]
-    if recipe.checks is not None and recipe.checks.baseline:
-        named.append((recipe.resolve(recipe.checks.baseline), "the baseline"))
+def run_inputs(recipe: Recipe, also_reads: Sequence[tuple[Path, str]] = ()) -> RunInputs:
+    """The files the recipe names (:func:`~influence_cli.loading.inputs.recipe_inputs`) and the folders
+    outputs must stay out of (image folders, the gradient store)."""
+    inputs = recipe_inputs(recipe)
     files: dict[tuple[Any, ...], str] = {}
-    for path, what in named:
+    for path, what in [*also_reads, *((i.path, i.what) for i in inputs if not i.folder)]:
         files.setdefault(_identity(path), what)
+    trees = [(i.path, i.what) for i in inputs if i.folder]
+    if recipe.cache_dir:
+        trees.append((recipe.resolve(recipe.cache_dir), "the gradient store (cache_dir)"))
     return RunInputs(files, [(tree.resolve(), what) for tree, what in trees])
-
-
-def _checkpoint_files(recipe: Recipe) -> list[Path]:
-    """Every checkpoint file (a glob expanded; every file of a Trainer run's checkpoint folders)."""
-    spec = recipe.checkpoints
-    if isinstance(spec, HFTrainerCheckpoints):
-        pattern = str(recipe.resolve(spec.hf_trainer_dir) / "checkpoint-*" / "*")
-    elif isinstance(spec, CheckpointGlob):
-        pattern = str(recipe.resolve(spec.glob))
-    else:
-        return [recipe.resolve(c.path) for c in spec]
-    return [Path(p) for p in globlib.glob(pattern)]
 
 
 def _identity(path: Path) -> tuple[Any, ...]:

@@ -185,7 +185,8 @@ def test_result_dict_is_json_and_complete() -> None:
 @pytest.mark.parametrize("checks, words", [
     ({"max_flagged_mislabels": 1}, "checks: unknown rule 'max_flagged_mislabels'"),
     ({}, "checks: give at least one rule"),
-    ({"max_flagged_mislabel_fraction": 2}, "checks.max_flagged_mislabel_fraction: must be at most 1, got 2"),
+    ({"max_flagged_mislabel_fraction": 2},
+     "checks.max_flagged_mislabel_fraction: must be less than or equal to 1, got 2"),
     ({"no_attack_target": {"test_indices": [0], "methd": "gas"}}, "checks.no_attack_target.methd: unknown key"),
 ])
 def test_bad_checks_are_recipe_errors_naming_the_key(checks: dict[str, Any], words: str) -> None:

@@ -12,8 +12,8 @@ from conftest import random_state, save_checkpoint
 from influence_cli import Session, load_recipe
 from influence_cli.errors import CheckpointError
 from fixtures.tiny_models import build_cnn, build_mlp
-from influence_cli.loading.checkpoints import (CheckpointRef, fit_to_model, list_checkpoints, load_checkpoint,
-                                             needs_pickle)
+from influence_cli.loading.checkpoints import fit_to_model, list_checkpoints, load_checkpoint, needs_pickle
+from influence_cli.loading.refs import CheckpointRef
 from influence_cli.recipe import parse_recipe
 
 

@@ -165,7 +165,7 @@ def test_planted_backdoor_fails_no_attack_target(runs: dict[str, Any], tmp_path:
 
 
 @pytest.mark.parametrize("recipe_checks, args, words", [
-    (RULES, ["--update-baseline"], "--update-baseline: give --baseline FILE"),
+    (RULES, ["--update-baseline"], "--update-baseline: needs a baseline file: give --baseline or set checks.baseline"),
     (RULES, ["--baseline", "missing.json"], "missing.json: baseline file not found"),
     (None, [], "checks: the recipe has no `checks:` section"),
     ({"max_flagged_mislabel_fractoin": 0.1}, [], "checks: unknown rule 'max_flagged_mislabel_fractoin'"),

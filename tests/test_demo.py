@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from influence_cli.cli import app
-from influence_cli.errors import InfluenceError
-from influence_cli.demo import DIGIT_PAIRS, TRIGGER, Backdoor, digits_data, plant_backdoor
+from influence_cli.demo import DIGIT_PAIRS, TRIGGER, Backdoor, digits_data, plant_backdoor, run_demo
+from influence_cli.errors import ParameterError
 
 runner = CliRunner()
 
@@ -39,8 +39,9 @@ def test_backdoor_is_seeded_and_leaves_the_label_noise_alone():
     rest = torch.ones(500, dtype=torch.bool)
     rest[poison] = False
     assert torch.equal(planted.train_x[rest], data.train_x[rest]) and torch.equal(planted.labels[rest], data.labels[rest])
-    with pytest.raises(InfluenceError, match="--n-poison: at most"):
+    with pytest.raises(ParameterError, match="n_poison: at most") as caught:
         plant_backdoor(data, Backdoor(n_poison=400), seed=1)
+    assert caught.value.parameter == "n_poison"
 
 
 def test_demo_end_to_end_writes_a_recipe_mislabel_detect_accepts(tmp_path):
@@ -81,6 +82,17 @@ def test_demo_end_to_end_writes_a_recipe_mislabel_detect_accepts(tmp_path):
 
 def test_demo_rejects_bad_sizes(tmp_path):
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--n-train", "5"])
-    assert res.exit_code == 2 and "--n-train: must be between 100 and 1700, got 5" in res.output
+    assert res.exit_code == 2 and "error: --n-train: must be between 100 and 1700, got 5" in res.output
     res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--n-poison", "-1"])
-    assert res.exit_code == 2 and "--n-poison: must be 0 or more, got -1" in res.output
+    assert res.exit_code == 2 and "error: --n-poison: must be 0 or more, got -1" in res.output
+    res = runner.invoke(app, ["demo", "--out", str(tmp_path), "--n-train", "100", "--n-poison", "50"])
+    assert res.exit_code == 2 and "error: --n-poison: at most" in res.output
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_run_demo_names_the_bad_parameter(tmp_path):
+    for kwargs, parameter in (({"n_train": 5}, "n_train"), ({"epochs": 0}, "epochs"), ({"n_poison": -1}, "n_poison")):
+        with pytest.raises(ParameterError, match=f"^{parameter}: ") as caught:
+            run_demo(tmp_path, **kwargs)
+        assert caught.value.parameter == parameter
+    assert not any(tmp_path.iterdir())

@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
+from benchmarks.target import build_vision_run
 from influence_cli import Session, load_recipe, score
 from influence_cli.audits.target import (TargetResult, best_other, flag_rule, owned_share, peer_overlap,
                                          target_identify)
@@ -17,25 +14,13 @@ from influence_cli.engine import TrainPassResult
 from influence_cli.stats import robust_z
 from influence_cli.errors import InfluenceError, ParameterError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "target.py"
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("_target_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
     """A small digits backdoor (30 poisoned of 600 training images) and the same run without poison."""
-    bench = _bench()
     root = tmp_path_factory.mktemp("planted")
     small = dict(n_poison=30, n_train=600, n_candidates=60, epochs=20, n_ckpts=4)
-    return (bench.build_vision_run(root / "attacked", 1, attacked=True, **small),
-            bench.build_vision_run(root / "clean", 1, attacked=False, **small))
+    return (build_vision_run(root / "attacked", 1, attacked=True, **small),
+            build_vision_run(root / "clean", 1, attacked=False, **small))
 
 
 def _session(run) -> Session:

@@ -31,10 +31,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, ClassVar
 
 from influence_cli.audits.baseline import Baseline, example_ids
-from influence_cli.errors import RecipeError
+from influence_cli.errors import ParameterError, RecipeError
+from influence_cli.methods import MislabelMethod
 from influence_cli.progress import Progress
 from influence_cli.recipe import ChecksSpec, NoAttackTargetRule, Recipe
 from influence_cli.session import Session
@@ -285,6 +287,7 @@ class CheckResult:
     outcomes: list[Outcome]
     new: list[dict[str, Any]]
     disappeared: list[dict[str, Any]]
+    session: Session | None = field(default=None, compare=False, repr=False)  # what the facts were gathered on
 
     @property
     def passed(self) -> bool:
@@ -297,7 +300,7 @@ class CheckResult:
 
     def with_baseline(self, baseline: Baseline | None) -> "CheckResult":
         """The same facts judged against another baseline (no pass is rerun)."""
-        return evaluate(self.recipe, self.facts, self.rules, baseline)
+        return evaluate(self.recipe, self.facts, self.rules, baseline, self.session)
 
     def to_dict(self) -> dict[str, Any]:
         """The stable layout of ``check.json``."""
@@ -317,7 +320,8 @@ class CheckResult:
         }
 
 
-def evaluate(recipe: dict[str, Any], facts: Facts, rules: list[Rule], baseline: Baseline | None) -> CheckResult:
+def evaluate(recipe: dict[str, Any], facts: Facts, rules: list[Rule], baseline: Baseline | None,
+             session: Session | None = None) -> CheckResult:
     """Judge ``facts`` by every rule against ``baseline`` (pure: no model, no data)."""
     flagged = facts.flagged()
     known = baseline.ids if baseline is not None else frozenset()
@@ -327,25 +331,57 @@ def evaluate(recipe: dict[str, Any], facts: Facts, rules: list[Rule], baseline: 
         e for k, e in sorted(baseline.entries.items()) if k not in current]
     targets = None if facts.targets is None else facts.targets["test"]
     ev = Evidence(facts.n_train, flagged, new, targets)
-    return CheckResult(recipe, facts, rules, baseline, [r.evaluate(ev) for r in rules], new, disappeared)
+    return CheckResult(recipe, facts, rules, baseline, [r.evaluate(ev) for r in rules], new, disappeared, session)
 
 
-def check(recipe_or_session: Recipe | Session, *, baseline: Baseline | None = None, need_mislabel: bool = False,
-          progress: Progress | None = None) -> CheckResult:
-    """Evaluate the recipe's ``checks:`` rules against ``baseline`` (one session, each pass once)."""
-    session = recipe_or_session if isinstance(recipe_or_session, Session) else session_for(recipe_or_session)
-    spec = checks_of(session.recipe)
+#: ``check(..., baseline=FROM_RECIPE)``: the recipe's ``checks.baseline`` file (none when unset).
+FROM_RECIPE = "recipe"
+
+
+def baseline_path(recipe: Recipe, baseline: Path | str | None = FROM_RECIPE) -> Path | None:
+    """The baseline file a check uses: ``baseline`` when it is a path, the recipe's ``checks.baseline``
+    (relative to the recipe) for :data:`FROM_RECIPE`, none for ``None``."""
+    return _baseline_file(recipe, checks_of(recipe), baseline)
+
+
+def _baseline_file(recipe: Recipe, spec: ChecksSpec, baseline: Path | str | None) -> Path | None:
+    if baseline == FROM_RECIPE:
+        return recipe.resolve(spec.baseline) if spec.baseline else None
+    return None if baseline is None else Path(baseline)
+
+
+def check(recipe_or_session: Recipe | Session, *, baseline: Path | str | Baseline | None = FROM_RECIPE,
+          update_baseline: bool = False, progress: Progress | None = None) -> CheckResult:
+    """Evaluate the recipe's ``checks:`` rules (one session, each pass once) against a baseline.
+
+    ``baseline``: the accepted flagged examples B — the recipe's ``checks.baseline`` file by default,
+    or a path, a :class:`Baseline`, or ``None`` for none. ``update_baseline``: B := everything flagged
+    now, written to the baseline file (which must then be a path), and the rules judged against it.
+    This is exactly what ``influence-cli check [--baseline FILE] [--update-baseline]`` does.
+    """
+    recipe = recipe_or_session.recipe if isinstance(recipe_or_session, Session) else recipe_or_session
+    spec = checks_of(recipe)
     rules = rules_of(spec)
-    facts = gather(session, rules, mislabel_method=spec.mislabel_method, need_mislabel=need_mislabel,
+    path = None if isinstance(baseline, Baseline) else _baseline_file(recipe, spec, baseline)
+    if update_baseline and path is None:
+        raise ParameterError("update_baseline", "needs a baseline file: give `baseline` or set checks.baseline "
+                             "in the recipe")
+    accepted = baseline if isinstance(baseline, Baseline) else (
+        Baseline.load(path) if path is not None and not update_baseline else None)
+    session = Session.of(recipe_or_session, need_test=any(Need.TARGET in r.needs for r in rules))
+    facts = gather(session, rules, mislabel_method=spec.mislabel_method, need_mislabel=update_baseline,
                    progress=progress)
-    return evaluate(session.recipe.to_dict(), facts, rules, baseline)
+    result = evaluate(recipe.to_dict(), facts, rules, accepted, session)
+    if update_baseline:
+        assert path is not None
+        result = result.with_baseline(updated_baseline(result))
+        result.baseline.save(path)  # type: ignore[union-attr]
+    return result
 
 
 def checks_of(recipe: Recipe) -> ChecksSpec:
     """The recipe's ``checks:`` section, validated before anything loads; its absence or an unknown
     ``mislabel_method`` is a recipe error."""
-    from influence_cli.audits.mislabel import MislabelMethod
-
     spec = recipe.checks
     if spec is None:
         raise RecipeError(f"{recipe.source}: checks: the recipe has no `checks:` section; add rules such as "
@@ -355,12 +391,6 @@ def checks_of(recipe: Recipe) -> ChecksSpec:
         raise RecipeError(f"{recipe.source}: checks.mislabel_method: unknown method {spec.mislabel_method!r} "
                           f"(choose from {', '.join(known)})")
     return spec
-
-
-def session_for(recipe: Recipe) -> Session:
-    """The one session a check runs on (with the test split when a rule needs target-identify)."""
-    rules = rules_of(checks_of(recipe))
-    return Session.from_recipe(recipe, need_test=any(Need.TARGET in r.needs for r in rules))
 
 
 def updated_baseline(result: CheckResult) -> Baseline:

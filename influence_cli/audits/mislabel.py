@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from influence_cli.engine import train_pass
 from influence_cli.errors import InfluenceError, ParameterError
 from influence_cli.gradients.layers import select_parameters
-from influence_cli.methods import Method, MislabelMethod, choose
+from influence_cli.methods import DEFAULT_MISLABEL_METHOD, Method, MislabelMethod, choose
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.recipe import Recipe
 from influence_cli.session import Session
@@ -64,7 +64,6 @@ from influence_cli.stats import robust_z
 AUTO_Z = 3.0
 
 
-DEFAULT_METHOD = MislabelMethod.COMBINED
 #: The signals ``combined`` averages.
 COMBINED_SIGNALS = (MislabelMethod.TRACIN_LAST, MislabelMethod.AUM, MislabelMethod.LOSS)
 #: Signals that are positive by construction: their robust z-score is taken on √s.
@@ -216,7 +215,7 @@ class MislabelResult:
         }
 
 
-def mislabel_detect(recipe_or_session: Recipe | Session, *, method: MislabelMethod | str = DEFAULT_METHOD,
+def mislabel_detect(recipe_or_session: Recipe | Session, *, method: MislabelMethod | str = DEFAULT_MISLABEL_METHOD,
                     top: int | None = None, fraction: float | None = None,
                     progress: Progress | None = None) -> MislabelResult:
     """Rank all N training examples by the ``method`` score (see the module docstring) and flag

@@ -60,17 +60,13 @@ import torch
 
 from influence_cli.engine import TrainPassResult, query_features, train_pass
 from influence_cli.errors import InfluenceError, ParameterError
-from influence_cli.methods import Method, choose
+from influence_cli.methods import (DEFAULT_TARGET_K, DEFAULT_TARGET_MIN_SHARE, DEFAULT_TARGET_SHARE_THRESHOLD,
+                                   DEFAULT_TARGET_THRESHOLD, Method, choose)
 from influence_cli.progress import Progress
 from influence_cli.recipe import Recipe
 from influence_cli.selection import check_indices, plain
 from influence_cli.session import Session
 from influence_cli.stats import robust_z
-
-DEFAULT_K = 40
-DEFAULT_THRESHOLD = 5.0
-DEFAULT_SHARE_THRESHOLD = 2.5
-DEFAULT_MIN_SHARE = 0.5
 
 
 @dataclass
@@ -179,9 +175,10 @@ def flag_rule(anomaly: torch.Tensor, share: torch.Tensor, eligible: torch.Tensor
 
 
 def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str = Method.GAS_L,
-                    test_indices: Sequence[int] | None = None, k: int = DEFAULT_K,
-                    threshold: float = DEFAULT_THRESHOLD, share_threshold: float = DEFAULT_SHARE_THRESHOLD,
-                    min_share: float = DEFAULT_MIN_SHARE, misclassified_only: bool = True,
+                    test_indices: Sequence[int] | None = None, k: int = DEFAULT_TARGET_K,
+                    threshold: float = DEFAULT_TARGET_THRESHOLD,
+                    share_threshold: float = DEFAULT_TARGET_SHARE_THRESHOLD,
+                    min_share: float = DEFAULT_TARGET_MIN_SHARE, misclassified_only: bool = True,
                     progress: Progress | None = None) -> TargetResult:
     """Rank the candidate test examples by anomaly score and flag likely attack targets.
 

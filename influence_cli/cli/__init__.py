@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import typer
+from rich.console import Console
 
 from influence_cli.cli.check import check_command
 from influence_cli.cli.demo import demo_command
@@ -29,7 +30,7 @@ app.command("report")(report_command)
 
 def _version(value: bool) -> None:
     if value:
-        from influence_cli import __version__
+        from influence_cli.version import __version__
 
         typer.echo(f"influence-cli {__version__}")
         raise typer.Exit()
@@ -42,4 +43,9 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
 
 
 def main() -> None:
-    app()
+    """The console script. Ctrl-C at any moment (start-up included) is one line and exit 130."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        Console(stderr=True).print("interrupted")
+        raise SystemExit(130) from None

@@ -1,14 +1,20 @@
-"""What every command shares: option types, the error boundary, the consoles and progress bars."""
+"""What every command shares: option types, the error boundary, the consoles, progress bars and
+the end of a run (write the reports, print the summary).
+
+Nothing here imports torch, transformers or matplotlib at module level: ``--help``, ``--version``
+and usage errors stay fast; each command imports the library when it runs.
+"""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Sequence, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Callable, Iterator, ParamSpec, Sequence, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,14 +22,21 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBars, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from influence_cli import distributed
 from influence_cli.errors import InfluenceError, ParameterError
-from influence_cli.outputs import Target, guard_outputs
-from influence_cli.progress import Advance
-from influence_cli.recipe import Recipe
-from influence_cli.reports.run_info import TaskTiming, write_run_info
+from influence_cli.progress import Advance, TaskTiming, TimedProgress
 
-console = Console(quiet=not distributed.is_main())  # under torchrun only rank 0 prints results; errors: all
+if TYPE_CHECKING:
+    from influence_cli.outputs import Target
+    from influence_cli.recipe import Recipe
+    from influence_cli.reports.writer import Result
+
+
+def _main_rank() -> bool:
+    """Rank 0 (or no torchrun): read from the environment, before the process group exists."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+console = Console(quiet=not _main_rank())  # under torchrun only rank 0 prints results; errors: all
 err_console = Console(stderr=True)
 
 RecipeArg = Annotated[Path, typer.Argument(help="The recipe YAML file.", show_default=False)]
@@ -33,10 +46,14 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars 
 TestIndicesOpt = Annotated[str | None, typer.Option(
     "--test-indices", help="Test examples to explain: '0,3,7', '0:100' or a mix ('0:10,15'). Default: all.",
     rich_help_panel="Selection")]
+OverwriteOpt = Annotated[bool, typer.Option(
+    "--overwrite", help="Write into an output folder that holds results of another recipe or other data.",
+    rich_help_panel="Output")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Ignore the recipe's `cache_dir`: compute every "
                                           "training gradient, read and write no store.", rich_help_panel="Performance")]
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
@@ -63,52 +80,69 @@ def cli_message(exc: InfluenceError) -> str:
     return exc.message
 
 
-def run_guarded(fn: Callable[[], T]) -> T:
-    """Run a command body; map domain errors to one stderr line and an exit code (never a traceback).
+def guarded(command: Callable[P, T]) -> Callable[P, T]:
+    """Wrap a command: domain errors become one stderr line and an exit code, never a traceback.
 
     Exit codes: 0 clean, 1 findings (checks), 2 usage or input error, 3 internal error,
     130 interrupted. ``INFLUENCE_CLI_DEBUG=1`` re-raises internal errors with their traceback.
     Under ``torchrun`` it first joins the process group (:func:`influence_cli.distributed.init`).
     """
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
-            distributed.init()
-            return fn()
-    except InfluenceError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(cli_message(exc))}", markup=True, highlight=False, soft_wrap=True)
-        raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        err_console.print("interrupted; reports are written atomically, so none is half-written")
-        raise typer.Exit(130) from None
-    except typer.Exit:
-        raise
-    except Exception as exc:  # a bug: one line, unless debugging
-        if os.environ.get("INFLUENCE_CLI_DEBUG"):
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warning
+                from influence_cli import distributed
+
+                distributed.init()
+                return command(*args, **kwargs)
+        except InfluenceError as exc:
+            err_console.print(f"[bold red]error:[/] {escape(cli_message(exc))}", markup=True, highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted; reports are written atomically, so none is half-written")
+            raise typer.Exit(130) from None
+        except typer.Exit:
             raise
-        err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
-                          "(set INFLUENCE_CLI_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
-        raise typer.Exit(3) from None
+        except Exception as exc:  # a bug: one line, unless debugging
+            if os.environ.get("INFLUENCE_CLI_DEBUG"):
+                raise
+            err_console.print(f"[bold red]internal error:[/] {type(exc).__name__}: {escape(str(exc))} "
+                              "(set INFLUENCE_CLI_DEBUG=1 for the traceback)", highlight=False, soft_wrap=True)
+            raise typer.Exit(3) from None
+
+    return run
 
 
-def output_dir(recipe: Recipe, out: Path | None) -> Path:
+def open_recipe(path: Path, no_cache: bool = False) -> "Recipe":
+    """The recipe at ``path``; with ``--no-cache``, without its ``cache_dir``."""
+    from influence_cli.recipe import load_recipe
+
+    recipe = load_recipe(path)
+    return recipe.model_copy(update={"cache_dir": None}) if no_cache else recipe
+
+
+def output_dir(recipe: "Recipe", out: Path | None) -> Path:
     """``--out`` if given (relative to the working directory), else the recipe's ``output``
     (relative to the recipe file)."""
     return out if out is not None else recipe.resolve(recipe.output)
 
 
-def checked_output_dir(recipe: Recipe, out: Path | None, *files: Target,
-                       also_reads: Sequence[tuple[Path, str]] = ()) -> Path:
+def checked_output_dir(recipe: "Recipe", out: Path | None, *files: "Target",
+                       also_reads: Sequence[tuple[Path, str]] = (), overwrite: bool = False) -> Path:
     """The output folder (:func:`output_dir`), once it and the other outputs ``files`` have passed
-    :func:`~influence_cli.outputs.guard_outputs`: call it before computing anything."""
+    :func:`~influence_cli.outputs.guard_outputs` and the folder holds no other run's results
+    (:func:`~influence_cli.reports.run_info.check_same_inputs`): call it before computing anything."""
+    from influence_cli.outputs import Target, guard_outputs
+    from influence_cli.reports.run_info import check_same_inputs
+
     folder = output_dir(recipe, out)
-    guard_outputs(recipe, [Target("--out" if out is not None else "output", folder), *files], also_reads)
+    option = "--out" if out is not None else "output"
+    guard_outputs(recipe, [Target(option, folder), *files], also_reads)
+    check_same_inputs(folder, recipe, overwrite=overwrite, option=option)
     return folder
-
-
-def without_cache(recipe: Recipe, no_cache: bool) -> Recipe:
-    """The recipe with ``cache_dir`` dropped when ``--no-cache`` is given."""
-    return recipe.model_copy(update={"cache_dir": None}) if no_cache else recipe
 
 
 def parse_indices(spec: str | None) -> list[int] | None:
@@ -129,60 +163,59 @@ def parse_indices(spec: str | None) -> list[int] | None:
     return out
 
 
-class RichProgress:
-    """Progress bars on stderr with ETA when it is a terminal; one plain log line per finished task
-    otherwise (CI); nothing with ``show=False`` (``--quiet``). Always records each task's wall time
-    (``timings``) and the run's start, for run.json and the summary."""
+class Bars:
+    """Progress on stderr: bars with ETA on a terminal, one plain log line per finished task otherwise
+    (CI), nothing with ``show=False`` (``--quiet``)."""
 
     def __init__(self, show: bool = True) -> None:
         self.show = show
         self.interactive = err_console.is_terminal
-        self.started = time.monotonic()
-        self.timings: list[TaskTiming] = []
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
-        start = time.monotonic()
-        if self.show and self.interactive:
+        if not self.show:
+            yield lambda n: None
+        elif self.interactive:
             bars = RichBars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True)
             with bars:
                 task_id = bars.add_task(description, total=total)
                 yield lambda n: bars.advance(task_id, n)
         else:
+            start = time.monotonic()
             yield lambda n: None
-        seconds = time.monotonic() - start
-        self.timings.append(TaskTiming(description, total, seconds))
-        if self.show and not self.interactive:
-            err_console.print(f"{description}: {total} done in {seconds:.1f} s", highlight=False)
+            err_console.print(f"{description}: {total} done in {time.monotonic() - start:.1f} s", highlight=False)
 
 
-def progress_for(quiet: bool) -> RichProgress:
-    return RichProgress(show=not quiet and distributed.is_main())
+def progress_for(quiet: bool) -> TimedProgress:
+    """The command's progress: :class:`Bars` (shown unless ``quiet``, on rank 0 only), each task's wall
+    time recorded for run.json and the summary."""
+    return TimedProgress(Bars(show=not quiet and _main_rank()))
 
 
 HtmlOpt = Annotated[bool, typer.Option("--html", help="Also render DIR/report.html (same as `influence-cli report DIR`).",
                                        rich_help_panel="Output")]
 
 
-def record_run(out: Path, command: str, recipe: Recipe, progress: RichProgress, *, checkpoints: Sequence[Any] = (),
-               html: bool = False, written: Sequence[Path] = (), quiet: bool = False) -> list[Path]:
-    """The shared end of every command: record ``out/run.json`` (see :mod:`influence_cli.reports.run_info`),
-    render ``out/report.html`` with ``--html``, and print the one-screen summary with every path written
-    (``written`` plus these). Returns all paths written."""
-    seconds = time.monotonic() - progress.started
-    paths = [*written, write_run_info(out, command, recipe, seconds=seconds, checkpoints=checkpoints,
-                                      tasks=progress.timings)]
-    if html and distributed.is_main():  # the other ranks write no files (atomic_write skips them)
-        from influence_cli.reports.html import write_report
+def finish(result: "Result", out: Path, progress: TimedProgress, *, html: bool = False, quiet: bool = False,
+           junit: Path | None = None, show: bool = True) -> list[Path]:
+    """The shared end of every command: :func:`~influence_cli.reports.writer.write_reports` (reports,
+    run.json, report.html with ``--html``), then, unless ``quiet``, the result's table (when ``show``),
+    a one-screen summary and every path written. Returns the paths written."""
+    from influence_cli.reports.writer import command_of, terminal_view, write_reports
 
-        paths.append(write_report(out, recipe))  # the command's own recipe: trusted
+    seconds = progress.seconds
+    paths = write_reports(result, out, html=html, junit=junit, seconds=seconds, tasks=progress.timings,
+                          overwrite=True)  # checked before computing (checked_output_dir)
     if not quiet:
-        console.print(run_summary(command, progress.timings, seconds, checkpoints))
-        console.print(f"recipe {recipe.source}", highlight=False, soft_wrap=True)
+        if show:
+            console.print(terminal_view(result))
+        session = result.session
+        console.print(run_summary(command_of(result), progress.timings, seconds, session.checkpoints))
+        console.print(f"recipe {session.recipe.source}", highlight=False, soft_wrap=True)
         echo_written(paths, quiet)
         if html:
-            console.print(f"report {paths[-1].resolve().as_uri()}", highlight=False, soft_wrap=True)
+            console.print(f"report {(out / 'report.html').resolve().as_uri()}", highlight=False, soft_wrap=True)
     return paths
 
 

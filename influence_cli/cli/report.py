@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from influence_cli.cli.common import QuietOpt, echo_written, run_guarded
+from influence_cli.cli.common import QuietOpt, echo_written, guarded
 
 
+@guarded
 def report_command(
     folder: Annotated[Path, typer.Argument(metavar="DIR", help="An output folder written by score, mislabel-detect, "
                                            "target-identify, check, or the demo (its audit/).", show_default=False)],
@@ -22,14 +23,10 @@ def report_command(
     quiet: QuietOpt = False,
 ) -> None:
     """Render DIR/report.html: one self-contained page (inputs, galleries, plots, recipe, timings)."""
+    from influence_cli.recipe import load_recipe
+    from influence_cli.reports.html import write_report
 
-    def body() -> None:
-        from influence_cli.recipe import load_recipe
-        from influence_cli.reports.html import write_report
-
-        path = write_report(folder, load_recipe(recipe) if recipe is not None else None)
-        echo_written([path], quiet)
-        if open_:
-            webbrowser.open(path.resolve().as_uri())
-
-    run_guarded(body)
+    path = write_report(folder, load_recipe(recipe) if recipe is not None else None)
+    echo_written([path], quiet)
+    if open_:
+        webbrowser.open(path.resolve().as_uri())

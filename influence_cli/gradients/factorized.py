@@ -29,6 +29,7 @@ supports the operations of :class:`FlatGrads`: ``layer_sq_norms``, ``scaled``, `
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Union
 
@@ -277,6 +278,7 @@ class FactorizedGradients:
             else:
                 dense.append(l)
         self.keep_factors = False  # True: never materialise a factor layer (projection wants factors)
+        self.moved_to_dense: list[str] = []  # factor layers found silent at the first batch (see _move_to_dense)
         self._set_dense(dense)
 
     def _set_dense(self, dense: list[int]) -> None:
@@ -284,14 +286,24 @@ class FactorizedGradients:
         self._dense = (PerExampleGradients(self.model, _sub_layout(self.layout, self.dense_layers), self.loss_fn)
                        if dense else None)
 
+    def _move_to_dense(self, silent: list[int]) -> None:
+        """Layers whose forward hook never fired (the module is unused, or its weight is used
+        directly) go to the slower per-example path; recorded in ``moved_to_dense`` and said once."""
+        names = [self.layout.layer_names[l] for l in silent]
+        self.moved_to_dense = [*self.moved_to_dense, *names]
+        warnings.warn(f"layers {', '.join(names)}: their modules' forward is never called (unused, or the weight "
+                      "is used directly), so their gradients take the per-example path instead of the factorised "
+                      "one (slower: D numbers per example instead of two small factors)", stacklevel=3)
+        self.factor_layers = [f for f in self.factor_layers if f.index not in silent]
+        self._set_dense(self.dense_layers + silent)
+
     def __call__(self, weights: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor) -> LayerGrads:
         blocks: list[Block | None] = [None] * len(self.layout.layer_names)
         if self.factor_layers:
             factors_all = self._factors(weights, inputs, labels)
             silent = [f.index for f, got in zip(self.factor_layers, factors_all) if got is None]
             if silent:  # never called through its forward (unused, or weight used directly): torch.func
-                self.factor_layers = [f for f in self.factor_layers if f.index not in silent]
-                self._set_dense(self.dense_layers + silent)
+                self._move_to_dense(silent)
                 return self(weights, inputs, labels)
             for layer, factors in zip(self.factor_layers, factors_all):
                 keep = isinstance(factors, torch.Tensor) or self.keep_factors or factors.factored_cheaper(

@@ -46,6 +46,7 @@ from influence_cli.errors import GradientError, RecipeError, first_line
 from influence_cli.gradients.factorized import Factors, LayerGrads
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, GradientBatch
+from influence_cli.loading.inputs import code_inputs, content_digest, data_inputs
 from influence_cli.recipe import Recipe
 
 FORMAT_VERSION = 2  # 2: every shard carries its checksum
@@ -102,23 +103,6 @@ def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: t
     return LayerGrads(blocks, layout)
 
 
-def _named_files(recipe: Recipe, *sections: dict[str, Any] | str) -> dict[str, str]:
-    """sha256 of every existing file the given recipe values name: data files, and the
-    ``file.py`` of ``file.py:callable`` references (model and data factories, a custom loss)."""
-    from influence_cli.loading.checkpoints import file_sha256
-
-    values = [v for sec in sections for v in (sec.values() if isinstance(sec, dict) else [sec])]
-    files = {}
-    for value in values:
-        if not isinstance(value, str) or not value:
-            continue
-        ref, sep, _ = value.rpartition(":")
-        path = ref if sep and ref.endswith(".py") else value
-        if recipe.resolve(path).is_file():
-            files[path] = file_sha256(recipe.resolve(path))
-    return files
-
-
 def store_key(recipe: Recipe) -> dict[str, Any]:
     """What the training gradients depend on, apart from the checkpoints: the recipe's model,
     training data, loss, layers, factorisation, projection and dtype, with the content hash of
@@ -126,7 +110,7 @@ def store_key(recipe: Recipe) -> dict[str, Any]:
     ``models.py`` or a rewritten data file never reuses stale gradients."""
     train = recipe.data.train.model_dump(mode="json")
     model = recipe.model.model_dump(mode="json")
-    files = _named_files(recipe, train, model, recipe.loss)
+    files = {i.what: content_digest(i) for i in data_inputs(recipe, recipe.data.train, "training") + code_inputs(recipe)}
     return {"model": model, "train": train, "train_files": files,
             "loss": recipe.loss, "layers": recipe.layers, "factorize": recipe.factorize, "dtype": recipe.dtype,
             "projection": None if recipe.projection is None else recipe.projection.model_dump(mode="json")}

@@ -22,7 +22,6 @@ model's dtype.
 from __future__ import annotations
 
 import glob as globlib
-import hashlib
 import math
 import pickle
 import pickletools
@@ -37,25 +36,14 @@ import torch
 from torch import nn
 
 from influence_cli.errors import CheckpointError, RecipeError, first_line
+from influence_cli.loading.hf_trainer import folder_hint, list_trainer_checkpoints
+from influence_cli.loading.inputs import file_sha256
+from influence_cli.loading.refs import CheckpointRef
 from influence_cli.recipe import CheckpointGlob, HFTrainerCheckpoints, Recipe
 
 _STATE_KEYS = ("model_state_dict", "state_dict", "model")
 _OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states")
 _LEGACY_PICKLES = 5  # a pre-zip torch.save: magic number, protocol, sys info, the object, storage keys
-
-
-@dataclass(frozen=True)
-class CheckpointRef:
-    """A checkpoint named by the recipe, before loading. ``learning_rate`` may be ``"auto"``."""
-
-    path: Path
-    learning_rate: float | str
-    key: str  # the recipe key, for error messages
-    strip_prefix: str | None = None
-
-    @property
-    def where(self) -> str:
-        return f"{self.key} ({self.path})"
 
 
 @dataclass(frozen=True)
@@ -76,8 +64,6 @@ def list_checkpoints(recipe: Recipe) -> list[CheckpointRef]:
     """The recipe's checkpoints in order; a glob is expanded in natural order (2 before 10)."""
     spec = recipe.checkpoints
     if isinstance(spec, HFTrainerCheckpoints):
-        from influence_cli.loading.hf_trainer import list_trainer_checkpoints
-
         return list_trainer_checkpoints(spec, recipe)
     if not isinstance(spec, CheckpointGlob):
         refs = [CheckpointRef(recipe.resolve(c.path), c.learning_rate, f"checkpoints[{i}]", c.strip_prefix)
@@ -97,8 +83,6 @@ def list_checkpoints(recipe: Recipe) -> list[CheckpointRef]:
                 for i, (p, lr) in enumerate(zip(paths, rates))]
     for ref in refs:
         if ref.path.is_dir():
-            from influence_cli.loading.hf_trainer import folder_hint
-
             raise CheckpointError(f"{ref.where}: is a folder, not a checkpoint file{folder_hint(ref.path)}")
         if not ref.path.is_file():
             raise CheckpointError(f"{ref.where}: file not found")
@@ -207,15 +191,6 @@ def _select_prefix(state: Mapping[str, torch.Tensor], prefix: str, where: str) -
         raise CheckpointError(f"{where}: strip_prefix {prefix!r} matches no state-dict key "
                               f"(keys look like {next(iter(state))!r})")
     return kept
-
-
-def file_sha256(path: Path) -> str:
-    """Content hash of a checkpoint file (what caches and reports key checkpoints by)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def load_checkpoint(ref: CheckpointRef, *, trust: bool = False) -> Checkpoint:

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 
 from influence_cli.errors import CheckpointError
-from influence_cli.loading.checkpoints import CheckpointRef
+from influence_cli.loading.refs import CheckpointRef
 from influence_cli.recipe import HFTrainerCheckpoints, Recipe
 
 _FOLDER = re.compile(r"checkpoint-(\d+)")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from html import escape
 from pathlib import Path
 
+from rich.table import Table
+
 from influence_cli.files import atomic_write, write_json
 from influence_cli.reports.files import markdown_table, write_csv, write_summary
 from influence_cli.scoring import InfluenceResult
@@ -70,3 +72,15 @@ def _cell(entry: dict) -> str:
         return str(entry["train_index"])
     text = text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
     return f"{entry['train_index']}: {text}"
+
+
+def influence_table(result: InfluenceResult, rows: int = 5, per_side: int = 3) -> Table:
+    """The first test examples with their top proponents and opponents, as a rich table."""
+    data = result.to_dict()
+    table = Table(title=f"Influence ({data['method']}), first {min(rows, len(data['test']))} test examples")
+    for col in ("test", "label", "pred", "top proponents (index:score)", "top opponents (index:score)"):
+        table.add_column(col)
+    for t in data["test"][:rows]:
+        fmt = lambda side: ", ".join(f"{e['train_index']}:{e['score']:.3g}" for e in t[side][:per_side])  # noqa: E731
+        table.add_row(str(t["test_index"]), str(t["label"]), str(t["prediction"]), fmt("proponents"), fmt("opponents"))
+    return table

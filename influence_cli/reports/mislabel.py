@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.table import Table
+
 from influence_cli.audits.mislabel import MislabelResult
 from influence_cli.files import write_json
 from influence_cli.reports.files import markdown_table, write_csv, write_summary
@@ -36,3 +38,16 @@ def _summary(data: dict, rows: int = 50) -> str:
     if data["n_flagged"] > len(shown):
         lines.append(f"... and {data['n_flagged'] - len(shown)} more flagged examples in mislabels.csv\n")
     return "\n".join(lines)
+
+
+def suspects_table(result: MislabelResult, rows: int = 15) -> Table:
+    """The most suspicious examples as a rich table."""
+    data = result.to_dict()
+    table = Table(title=f"Suspected mislabels ({data['method']}): {data['n_flagged']} of {data['n_train']} flagged, "
+                        f"top {min(rows, data['n_train'])} shown")
+    for col in ("rank", "train index", "score", "given", "suggested (prob)", "flagged"):
+        table.add_column(col)
+    for e in data["ranking"][:rows]:
+        table.add_row(str(e["rank"]), str(e["train_index"]), f"{e['score']:.4g}", str(e["given_label"]),
+                      f"{e['suggested_label']} ({e['suggested_prob']:.2f})", "yes" if e["flagged"] else "")
+    return table

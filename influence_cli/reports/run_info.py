@@ -2,20 +2,27 @@
 
 Every command that writes into an output folder DIR also records, in ``DIR/run.json``::
 
-    {"version", "recipe_path" (absolute), "base_dir" (what relative recipe paths resolve against),
-     "recipe" (the recipe as data), "checkpoints": [{"path", "learning_rate", "sha256"}],
+    {"version", "git_sha" (of the recipe's folder, when it is in a git work tree),
+     "recipe_path" (absolute), "base_dir" (what relative recipe paths resolve against),
+     "recipe" (the recipe as data, defaults included), "inputs" (fingerprint: see :func:`fingerprint`),
+     "checkpoints": [{"path", "learning_rate", "sha256"}],
      "commands": {"<command>": {"finished" (UTC ISO time), "seconds", "argv",
                                 "tasks": [{"task", "total", "seconds"}]}}}
 
 Several commands may share a folder, even at the same time: each one adds or replaces its own entry
 under ``commands`` while holding the folder's lock; the top-level keys describe the latest run.
+
+A folder checks itself (:func:`check_same_inputs`): a command refuses to write into a folder whose
+run.json records another recipe or other data (``--overwrite`` allows it), and a damaged run.json
+is an error for every command (and for ``report``), never silently replaced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,17 +30,11 @@ from typing import Any, Sequence
 from influence_cli.errors import DataError, InfluenceError
 from influence_cli.recipe import Recipe, parse_recipe
 from influence_cli.files import folder_lock, write_json
+from influence_cli.loading.inputs import content_digest, recipe_inputs
+from influence_cli.progress import TaskTiming
+from influence_cli.version import __version__
 
 RUN_FILE = "run.json"
-
-
-@dataclass(frozen=True)
-class TaskTiming:
-    """Wall time of one progress task (e.g. one checkpoint × split pass)."""
-
-    task: str
-    total: int
-    seconds: float
 
 
 def write_run_info(out: Path, command: str, recipe: Recipe, *, seconds: float,
@@ -42,11 +43,9 @@ def write_run_info(out: Path, command: str, recipe: Recipe, *, seconds: float,
 
     ``checkpoints`` are objects with ``to_dict()`` (:class:`~influence_cli.session.CheckpointInfo`).
     """
-    from influence_cli import __version__
-
     path = out / RUN_FILE
     with folder_lock(out):  # other commands may update the same run.json now
-        previous = _read_or_empty(path)
+        previous = read_run_info(out) or {}
         commands = dict(previous.get("commands", {}))
         commands[command] = {
             "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -56,6 +55,8 @@ def write_run_info(out: Path, command: str, recipe: Recipe, *, seconds: float,
         }
         info = {
             "version": __version__,
+            "git_sha": git_sha(Path(recipe.base_dir)),
+            "inputs": fingerprint(recipe),
             "recipe_path": str(Path(recipe.source).resolve()) if recipe.source != "<recipe>" else None,
             "base_dir": str(Path(recipe.base_dir).resolve()),
             "recipe": recipe.to_dict(),
@@ -93,9 +94,41 @@ def recipe_of(run: dict[str, Any], fallback: dict[str, Any] | None = None) -> Re
     return parse_recipe(data, base_dir=Path(run.get("base_dir") or "."), source=run.get("recipe_path") or RUN_FILE)
 
 
-def _read_or_empty(path: Path) -> dict[str, Any]:
+def git_sha(folder: Path) -> str | None:
+    """The commit checked out in ``folder``'s git work tree, ``None`` outside one (or without git)."""
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        res = subprocess.run(["git", "-C", str(folder), "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def fingerprint(recipe: Recipe) -> dict[str, Any]:
+    """What a folder's results were computed from: sha256 of the recipe as data (defaults included,
+    ``output`` and ``cache_dir`` left out: where results go does not change them) and of every input
+    file it names (data files and folders, model/data/loss code). Checkpoint hashes are recorded
+    beside it (``checkpoints``)."""
+    data = {k: v for k, v in recipe.to_dict().items() if k not in ("output", "cache_dir")}
+    items = [i for i in recipe_inputs(recipe) if i.what not in ("the recipe", "a checkpoint", "the baseline")]
+    return {"recipe": _sha256(json.dumps(data, sort_keys=True)),
+            "files": {i.what: content_digest(i) for i in items}}
+
+
+def check_same_inputs(out: Path, recipe: Recipe, *, overwrite: bool = False, option: str = "--out") -> None:
+    """Refuse to write ``recipe``'s results into ``out`` when its run.json records another recipe or
+    other input files (unless ``overwrite``), or cannot be read."""
+    run = read_run_info(out) if out.is_dir() else None
+    if run is None or overwrite:
+        return
+    before, now = run.get("inputs"), fingerprint(recipe)
+    if before is None or before == now:
+        return
+    what = "recipe" if before.get("recipe") != now["recipe"] else "input files " + ", ".join(
+        sorted(k for k in {*before.get("files", {}), *now["files"]} if before.get("files", {}).get(k) != now["files"].get(k)))
+    raise InfluenceError(f"{option} {out}: holds results of another run (its {what} differ from {recipe.source}'s); "
+                         "give another folder, or --overwrite to replace them")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.table import Table
+
 from influence_cli.audits.target import TargetResult
 from influence_cli.files import atomic_write, write_json
 from influence_cli.reports.files import markdown_table, write_csv, write_summary
@@ -45,3 +47,18 @@ def _summary(data: dict, result: TargetResult, rows: int = 10) -> str:
         lines.append(markdown_table(["train index", "score", "label"],
                                     [(s["train_index"], s["score"], s["label"]) for s in t["suspects"]]))
     return "\n".join(lines)
+
+
+def targets_table(result: TargetResult, rows: int = 5) -> Table:
+    """The candidates ranked by anomaly (every flagged one, at least ``rows``), as a rich table."""
+    data = result.to_dict()
+    n_flagged = sum(t["flagged"] for t in data["test"])
+    table = Table(title=f"Attack targets ({data['method']}): {n_flagged} of {len(data['test'])} candidates flagged")
+    for col in ("rank", "test index", "anomaly score", "label", "prediction", "flagged", "top suspects (index:score)"):
+        table.add_column(col)
+    for t in data["test"][:max(rows, n_flagged)]:
+        top = ", ".join(f"{s['train_index']}:{s['score']:.3g}" for s in t["suspects"][:4])
+        table.add_row(str(t["rank"]), str(t["test_index"]), f"{t['anomaly_score']:.2f}", str(t["label"]),
+                      str(t["prediction"]),
+                      "yes" if t["flagged"] else "", top + (" ..." if len(t["suspects"]) > 4 else ""))
+    return table
