@@ -182,3 +182,20 @@ def test_usage_errors_exit_2_with_one_line(runs: dict[str, Any], tmp_path: Path,
     result = runner.invoke(app, ["check", str(recipe), *args])
     assert result.exit_code == 2
     assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_the_library_and_the_cli_give_the_same_verdict(runs: dict[str, Any], tmp_path: Path) -> None:
+    """``influence_cli.check(load_recipe(r))`` honours and updates the recipe's ``checks.baseline``
+    exactly as ``influence-cli check r`` does."""
+    from influence_cli import check, load_recipe
+
+    recipe = _recipe(tmp_path, runs["x"], runs["noisy"], runs["noisy_ckpts"],
+                     {**RULES, "max_new_flagged": 0, "baseline": "accepted.json"})
+    code, cli = _check(recipe, "--update-baseline")  # writes checks.baseline
+    accepted = (tmp_path / "accepted.json").read_bytes()
+    lib = check(load_recipe(recipe)).to_dict()
+    assert code == 0 and lib["passed"] and lib["baseline"] == cli["baseline"] and lib["flagged"] == cli["flagged"] > 0
+    (tmp_path / "accepted.json").unlink()
+    updated = check(load_recipe(recipe), update_baseline=True)
+    assert updated.passed and (tmp_path / "accepted.json").read_bytes() == accepted
+    assert not check(load_recipe(recipe), baseline=None).passed  # the same flags, nothing accepted: fails

@@ -1,0 +1,65 @@
+"""Run folders record what made them (version, git SHA, recipe, input fingerprint) and refuse the
+results of another recipe or other data unless ``--overwrite``; ``write_reports`` is the one writer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from influence_cli import load_recipe, score, write_reports
+from influence_cli.cli import app
+from influence_cli.errors import InfluenceError
+
+runner = CliRunner()
+
+
+def _score(run, *extra: str):
+    return runner.invoke(app, ["score", str(run.recipe_path), "-q", "--top-k", "2", *extra])
+
+
+def test_run_json_records_what_made_the_results(tiny_recipe):
+    run = tiny_recipe("mlp", n_train=5, n_test=2)
+    assert _score(run).exit_code == 0
+    info = json.loads((run.dir / "out" / "run.json").read_text())
+    assert {"version", "git_sha", "inputs", "recipe", "checkpoints", "commands"} <= set(info)
+    assert set(info["inputs"]["files"]) == {"the training data", "the model code", "the test data"}
+    assert info["recipe"]["batch_size"] == 4 and info["recipe"]["factorize"] is not None  # defaults included
+
+
+def test_another_runs_folder_is_refused_unless_overwrite(tiny_recipe):
+    run = tiny_recipe("mlp", n_train=5, n_test=2)
+    assert _score(run).exit_code == 0
+    before = (run.dir / "out" / "influence.json").read_bytes()
+    assert _score(run, "--test-indices", "1").exit_code == 0  # same recipe and data: another question is fine
+    torch.save({"inputs": torch.randn(5, 6), "labels": torch.tensor([0, 1, 2, 1, 0])}, run.dir / "train.pt")
+    res = _score(run)
+    assert res.exit_code == 2 and res.stderr == (
+        f"error: output {run.dir / 'out'}: holds results of another run (its input files the training data differ "
+        f"from {run.recipe_path}'s); give another folder, or --overwrite to replace them\n")
+    run.rewrite(batch_size=2)
+    assert "(its recipe differ" in _score(run).stderr
+    assert (run.dir / "out" / "influence.json").read_bytes() != before  # the second question's answer
+    assert _score(run, "--overwrite").exit_code == 0
+
+
+def test_a_damaged_run_json_is_an_error_not_silently_replaced(tiny_recipe):
+    run = tiny_recipe("mlp", n_train=5, n_test=2)
+    (run.dir / "out").mkdir()
+    (run.dir / "out" / "run.json").write_text("{not json")
+    res = _score(run)
+    assert res.exit_code == 2 and res.stderr.startswith(f"error: {run.dir / 'out' / 'run.json'}: cannot read:")
+    assert (run.dir / "out" / "run.json").read_text() == "{not json"
+
+
+def test_write_reports_from_a_notebook(tiny_recipe, tmp_path):
+    run = tiny_recipe("mlp", n_train=5, n_test=2)
+    result = score(load_recipe(run.recipe_path), k=2)
+    written = write_reports(result, tmp_path / "nb")
+    assert {p.name for p in written} == {"influence.json", "influence.csv", "summary.md", "run.json"}
+    assert json.loads((tmp_path / "nb" / "run.json").read_text())["commands"].keys() == {"score"}
+    other = tiny_recipe("mlp", n_train=5, n_test=2, seed=1)
+    with pytest.raises(InfluenceError, match="holds results of another run"):
+        write_reports(score(load_recipe(other.recipe_path), k=2), tmp_path / "nb")
