@@ -14,15 +14,22 @@
   flagged examples;
 - ``run.json`` (every command): the recipe, checkpoints with learning rates η_c, timings.
 
-Inputs are re-read through the recorded recipe (:mod:`influence_cli.reports.run_info`) and drawn
-by :mod:`influence_cli.reports.thumbnails`; plots come from :mod:`influence_cli.reports.plots`.
+The files are checked first (:mod:`influence_cli.reports.sources`). Inputs are re-read through a
+recipe the user trusts, or the recorded one when that runs no code, and drawn by
+:mod:`influence_cli.reports.thumbnails`; plots come from :mod:`influence_cli.reports.plots`.
 Everything is inlined (``data:`` URIs, inline CSS, no script), so the file works offline.
+
+Everything taken from the files, the data or paths is escaped; markup is only built here, as
+:class:`Markup`. A Content-Security-Policy allows nothing but the page's own style sheet and
+``data:`` images, so no script runs even if some text slipped through.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
-from dataclasses import dataclass, field
+import warnings
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
@@ -30,17 +37,13 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
-from influence_cli.errors import DataError, InfluenceError
-from influence_cli.loading.data import Examples, load_split
+from influence_cli.recipe import Recipe
 from influence_cli.reports import plots
-from influence_cli.reports.files import atomic_write, write_json
-from influence_cli.reports.run_info import read_json_object, read_run_info, recipe_of
-from influence_cli.reports.thumbnails import Thumbnail, thumbnails
+from influence_cli.files import atomic_write, write_json
+from influence_cli.reports.sources import GROUND_TRUTH, read_sources
+from influence_cli.reports.thumbnails import ReportInputs
 
 REPORT_FILE = "report.html"
-SOURCES = {"checks": "check.json", "influence": "influence.json", "mislabels": "mislabels.json",
-           "targets": "targets.json"}
-GROUND_TRUTH = "ground_truth.json"
 MAX_TESTS = 50        # test examples shown in the influence section
 MAX_SUSPECTS = 50     # rows of the mislabel table
 MAX_CANDIDATES = 200  # rows of the target candidates table
@@ -48,9 +51,11 @@ MAX_TARGETS = 20      # flagged targets shown beside their suspects
 MAX_NEIGHBOURS = 10   # proponents / opponents / suspects shown per example
 
 
-def write_report(out: Path) -> Path:
-    """Render ``out/report.html`` from the reports in ``out``; returns its path."""
-    return atomic_write(out / REPORT_FILE, render_report(out))
+def write_report(out: Path, recipe: Recipe | None = None) -> Path:
+    """Render ``out/report.html`` from the reports in ``out``; returns its path. ``recipe`` (trusted:
+    the user's own) re-reads the inputs; without it, the recipe recorded in ``out`` does when that
+    runs no code."""
+    return atomic_write(out / REPORT_FILE, render_report(out, recipe))
 
 
 def write_ground_truth(out: Path, flipped_train_indices: Iterable[int], target_test_indices: Iterable[int] = (),
@@ -64,17 +69,15 @@ def write_ground_truth(out: Path, flipped_train_indices: Iterable[int], target_t
                                            **({"poison_train_indices": poison} if poison else {})})
 
 
-def render_report(out: Path) -> str:
-    """The report page as a string (see the module docstring for what it shows)."""
-    if not out.is_dir():
-        raise DataError(f"{out}: no such folder")
-    docs = {name: read_json_object(out / f) for name, f in SOURCES.items() if (out / f).is_file()}
-    if not docs:
-        raise DataError(f"{out}: nothing to report: none of {', '.join(SOURCES.values())} is there")
-    run = read_run_info(out) or {}
-    truth = read_json_object(out / GROUND_TRUTH) if (out / GROUND_TRUTH).is_file() else {}
-    inputs = _Inputs.load(run, docs)
+def render_report(out: Path, recipe: Recipe | None = None) -> str:
+    """The report page as a string (see the module docstring for what it shows); when inputs
+    cannot be shown, the page and one warning say why."""
+    sources = read_sources(out)
+    docs, run, truth = sources.docs, sources.run, sources.truth
+    inputs = ReportInputs.load(out, run, docs, recipe)
     inputs.fetch(_wanted(docs))
+    if inputs.note:
+        warnings.warn(inputs.note, stacklevel=2)
     sections = [("overview", "Overview", _overview(docs, inputs, out))]
     if "checks" in docs:
         sections.append(("checks", "Checks", _checks(docs["checks"], inputs)))
@@ -86,40 +89,6 @@ def render_report(out: Path) -> str:
         sections.append(("targets", "Targets", _targets(docs["targets"], inputs, truth)))
     sections.append(("run", "Run", _run(run, docs)))
     return _page(out, sections)
-
-
-@dataclass
-class _Inputs:
-    """The train and test splits re-read through the run's recipe, and the thumbnails drawn so far."""
-
-    train: Examples | None = None
-    test: Examples | None = None
-    note: str | None = None  # why inputs are not shown
-    thumbs: dict[str, dict[int, Thumbnail]] = field(default_factory=lambda: {"train": {}, "test": {}})
-
-    @classmethod
-    def load(cls, run: dict[str, Any], docs: dict[str, dict[str, Any]]) -> "_Inputs":
-        fallback = next((d["recipe"] for d in docs.values() if isinstance(d.get("recipe"), dict)), None)
-        try:
-            recipe = recipe_of(run, fallback)
-            test = load_split(recipe, "test") if recipe.data.test is not None else None
-            return cls(load_split(recipe, "train"), test)
-        except InfluenceError as exc:
-            return cls(note=f"inputs not shown: {exc.message}")
-
-    def fetch(self, wanted: dict[str, set[int]]) -> None:
-        for split in ("train", "test"):
-            examples = getattr(self, split)
-            if examples is not None and wanted[split]:
-                self.thumbs[split] = thumbnails(examples, wanted[split])
-
-    def html(self, split: str, index: int) -> str:
-        t = self.thumbs[split].get(int(index))
-        if t is None:
-            return '<div class="thumb none">no input</div>'
-        if t.image is not None:
-            return f'<img class="thumb" src="{t.image}" alt="{split} example {int(index)}">'
-        return f'<div class="thumb text">{escape(t.text or "")}</div>'
 
 
 def _wanted(docs: dict[str, dict[str, Any]]) -> dict[str, set[int]]:
@@ -139,7 +108,7 @@ def _wanted(docs: dict[str, dict[str, Any]]) -> dict[str, set[int]]:
 
 # --- sections -------------------------------------------------------------------------------
 
-def _overview(docs: dict[str, dict[str, Any]], inputs: _Inputs, out: Path) -> str:
+def _overview(docs: dict[str, dict[str, Any]], inputs: ReportInputs, out: Path) -> str:
     rows = []
     if inputs.train is not None:
         rows.append(("training examples", len(inputs.train)))
@@ -164,7 +133,7 @@ def _overview(docs: dict[str, dict[str, Any]], inputs: _Inputs, out: Path) -> st
     return _kv(rows) + note + f'<p class="muted">folder: {escape(str(out.resolve()))}</p>'
 
 
-def _checks(doc: dict[str, Any], inputs: _Inputs) -> str:
+def _checks(doc: dict[str, Any], inputs: ReportInputs) -> str:
     verdict = ('<p class="verdict pass">all checks pass</p>' if doc.get("passed")
                else '<p class="verdict fail">a check fails</p>')
     rules = _table(["rule", "passed", "value", "limit", "detail"],
@@ -172,31 +141,31 @@ def _checks(doc: dict[str, Any], inputs: _Inputs) -> str:
                      [r.get("rule"), "yes" if r.get("passed") else _alert("no"), r.get("value"),
                       r.get("limit"), r.get("detail")]) for r in doc.get("rules", [])])
     new = doc.get("new_flagged", [])
-    rows = [("", [inputs.html("train", e["train_index"]), e["train_index"], e.get("given_label"),
+    rows = [("", [_thumb(inputs, "train", e["train_index"]), e["train_index"], e.get("given_label"),
                   e.get("suggested_label"), e.get("suggested_prob"), e.get("score")]) for e in new[:MAX_SUSPECTS]]
     table = (f"<h3>Newly flagged ({len(new)})</h3>" + _table(
         ["input", "train index", "given", "suggested", "p(suggested)", "score"], rows)) if new else ""
     return verdict + rules + table
 
 
-def _influence(doc: dict[str, Any], inputs: _Inputs) -> str:
+def _influence(doc: dict[str, Any], inputs: ReportInputs) -> str:
     tests = doc.get("test", [])
-    parts = [f'<p>Method <b>{escape(str(doc.get("method")))}</b>. Proponents (largest scores) lowered the test '
+    parts = [f'<p>Method <b>{_h(doc.get("method"))}</b>. Proponents (largest scores) lowered the test '
              'loss when trained on; opponents (smallest scores) raised it.</p>']
     for t in tests[:MAX_TESTS]:
         i = t["test_index"]
-        head = (f'<div class="subject">{inputs.html("test", i)}<div><h3>test example {i}</h3>'
+        head = (f'<div class="subject">{_thumb(inputs, "test", i)}<div><h3>test example {_h(i)}</h3>'
                 + _kv([("label", t.get("label")), ("prediction", t.get("prediction")),
                        ("loss taken at", t.get("loss_label"))]) + "</div></div>")
         galleries = "".join(f'<div><h4>{side}</h4>{_gallery(t.get(side, []), inputs)}</div>'
                             for side in ("proponents", "opponents"))
-        parts.append(f'<article class="test" id="test-{i}">{head}<div class="sides">{galleries}</div></article>')
+        parts.append(f'<article class="test" id="test-{_h(i)}">{head}<div class="sides">{galleries}</div></article>')
     if len(tests) > MAX_TESTS:
         parts.append(f'<p class="muted">… and {len(tests) - MAX_TESTS} more test examples in influence.json</p>')
     return "".join(parts)
 
 
-def _mislabels(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> str:
+def _mislabels(doc: dict[str, Any], inputs: ReportInputs, truth: dict[str, Any]) -> str:
     ranking = _ranking(doc)
     flagged = [e for e in ranking if e.get("flagged")]
     extra = [(k, v) for k, v in doc.items() if k not in ("n_train", "n_flagged") and _is_scalar(v)]
@@ -216,7 +185,7 @@ def _mislabels(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> s
     header += ["flipped (truth)"] if flipped else []
     rows = []
     for e in ranking[:MAX_SUSPECTS]:
-        cells = [e.get("rank"), inputs.html("train", e["train_index"]), e["train_index"], e.get("given_label"),
+        cells = [e.get("rank"), _thumb(inputs, "train", e["train_index"]), e["train_index"], e.get("given_label"),
                  e.get("suggested_label"), e.get("suggested_prob"), e.get("score"), _yes(e.get("flagged"))]
         cells += [_yes(e["train_index"] in flipped)] if flipped else []
         rows.append(("suspect flagged" if e.get("flagged") else "suspect", cells))
@@ -247,7 +216,7 @@ def _recall(ranking: Sequence[dict[str, Any]], flipped: set[int], n_total: int, 
             + _plot(plots.recall_curve(found, p, n_total, n_flagged), "recall curve") + _kv(rows) + "</div>")
 
 
-def _targets(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> str:
+def _targets(doc: dict[str, Any], inputs: ReportInputs, truth: dict[str, Any]) -> str:
     cands = sorted(doc.get("test", []), key=lambda t: t.get("rank", math.inf))
     flagged = _flagged_targets(doc)
     real = {int(i) for i in truth.get("target_test_indices", [])}
@@ -264,10 +233,10 @@ def _targets(doc: dict[str, Any], inputs: _Inputs, truth: dict[str, Any]) -> str
         planted = ([("suspects that are planted poison (truth)",
                      f"{sum(s['train_index'] in poison for s in suspects)} of {len(suspects)} "
                      f"({len(poison)} planted)")] if poison else [])
-        head = (f'<div class="subject">{inputs.html("test", i)}<div><h3>flagged target: test example {i}</h3>'
+        head = (f'<div class="subject">{_thumb(inputs, "test", i)}<div><h3>flagged target: test example {_h(i)}</h3>'
                 + _kv([("anomaly score", t.get("anomaly_score")), ("rank", t.get("rank")),
                        ("prediction", t.get("prediction")), *planted]) + "</div></div>")
-        parts.append(f'<article class="target" id="target-{i}">{head}<h4>suspects</h4>'
+        parts.append(f'<article class="target" id="target-{_h(i)}">{head}<h4>suspects</h4>'
                      f'{_gallery(suspects, inputs)}</article>')
     header = ["rank", "test index", "anomaly score", "prediction", "flagged"] + (["target (truth)"] if real else [])
     rows = [("candidate flagged" if t.get("flagged") else "candidate",
@@ -300,17 +269,32 @@ def _run(run: dict[str, Any], docs: dict[str, dict[str, Any]]) -> str:
 
 # --- small HTML pieces -------------------------------------------------------------------------
 
-def _gallery(entries: Sequence[dict[str, Any]], inputs: _Inputs) -> str:
+class Markup(str):
+    """A fragment of HTML built by this module from its own templates; any other string is text and
+    gets escaped where it is placed."""
+
+
+def _thumb(inputs: ReportInputs, split: str, index: int) -> Markup:
+    """The example's picture or short text, or a placeholder when inputs are not shown."""
+    t = inputs.thumbs[split].get(index)
+    if t is None:
+        return Markup('<div class="thumb none">no input</div>')
+    if t.image is not None:
+        return Markup(f'<img class="thumb" src="{escape(t.image)}" alt="{split} example {index}">')
+    return Markup(f'<div class="thumb text">{_h(t.text or "")}</div>')
+
+
+def _gallery(entries: Sequence[dict[str, Any]], inputs: ReportInputs) -> str:
     if not entries:
         return '<p class="muted">none</p>'
-    items = [f'<figure class="example">{inputs.html("train", e["train_index"])}<figcaption>'
-             f'#{e["train_index"]} · label {escape(_fmt(e.get("label")))}<br>score {escape(_fmt(e.get("score")))}'
+    items = [f'<figure class="example">{_thumb(inputs, "train", e["train_index"])}<figcaption>'
+             f'#{_h(e["train_index"])} · label {_h(e.get("label"))}<br>score {_h(e.get("score"))}'
              "</figcaption></figure>" for e in entries[:MAX_NEIGHBOURS]]
     return '<div class="gallery">' + "".join(items) + "</div>"
 
 
 def _table(header: Sequence[str], rows: Iterable[tuple[str, Sequence[Any]]]) -> str:
-    """Rows are (css class, cells); a cell that is already HTML (a thumbnail) starts with '<'."""
+    """Rows are (css class, cells); a cell is escaped unless it is :class:`Markup` (a thumbnail, an alert)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
     body = "".join(f'<tr class="{cls}">' + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>"
                    if cls else "<tr>" + "".join(f"<td>{_cell(c)}</td>" for c in cells) + "</tr>"
@@ -319,7 +303,7 @@ def _table(header: Sequence[str], rows: Iterable[tuple[str, Sequence[Any]]]) -> 
 
 
 def _kv(rows: Sequence[tuple[str, Any]]) -> str:
-    return '<dl class="kv">' + "".join(f"<dt>{escape(str(k))}</dt><dd>{escape(_fmt(v))}</dd>" for k, v in rows) + "</dl>"
+    return '<dl class="kv">' + "".join(f"<dt>{_h(k)}</dt><dd>{_h(v)}</dd>" for k, v in rows) + "</dl>"
 
 
 def _plot(uri: str, alt: str) -> str:
@@ -327,7 +311,12 @@ def _plot(uri: str, alt: str) -> str:
 
 
 def _cell(value: Any) -> str:
-    return value if isinstance(value, str) and value.startswith("<") else escape(_fmt(value))
+    return value if isinstance(value, Markup) else _h(value)
+
+
+def _h(value: Any) -> str:
+    """``value`` as text in HTML: formatted, then escaped (for anything from the files, the data or paths)."""
+    return escape(_fmt(value))
 
 
 def _fmt(value: Any) -> str:
@@ -342,8 +331,8 @@ def _yes(value: Any) -> str:
     return _alert("yes") if value else "no"
 
 
-def _alert(text: str) -> str:
-    return f'<span class="alert">{escape(text)}</span>'
+def _alert(text: str) -> Markup:
+    return Markup(f'<span class="alert">{escape(text)}</span>')
 
 
 def _is_scalar(value: Any) -> bool:
@@ -367,6 +356,7 @@ def _page(out: Path, sections: Sequence[tuple[str, str, str]]) -> str:
     body = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{content}</section>' for sid, title, content in sections)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>influence-cli report: {escape(out.resolve().name)}</title><style>{_CSS}</style></head>"
             f'<body><header><h1>influence-cli report</h1><p class="muted">{when}</p><nav>{nav}</nav></header>'
@@ -397,3 +387,6 @@ table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border-bottom:1
 .alert{color:#c0392b;font-weight:700}.verdict{font-size:1.2em;font-weight:700;padding:6px 10px;border-radius:4px}
 .verdict.pass{background:#e3f4e8;color:#1e7b3c}.verdict.fail{background:#fdecea;color:#c0392b}pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto}
 """
+# Nothing but this style sheet (by its hash) and data: images: no script, no fetch, no form, no base.
+CSP = ("default-src 'none'; img-src data:; style-src 'sha256-"
+       + base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode() + "'; base-uri 'none'; form-action 'none'")

@@ -1,5 +1,12 @@
 """Thumbnails of examples for the HTML report, made from the dataset's own inputs.
 
+:class:`ReportInputs` re-reads the train and test splits, through a recipe the user gave
+(``report --recipe``, or the command's own with ``--html``) or else the one recorded in the
+folder. A recorded recipe is data from wherever the folder came from, so it is only used when
+re-reading it runs no code: formats ``tensors`` (``weights_only`` unpickling or safetensors),
+``jsonl``/``csv`` (tokenizers load with ``trust_remote_code=False``), ``imagefolder``, and
+``torchvision`` datasets other than :data:`UNPICKLING_DATASETS`; never ``factory``.
+
 An input is drawn as an image when it looks like one: a 2-D tensor (H×W), or 1×H×W / 3×H×W
 (channels first). Each image is min–max scaled to [0, 1] on its own, x ↦ (x − min) / (max − min),
 and inlined as a PNG ``data:`` URI. Anything else (feature vectors, token ids, dicts of tensors)
@@ -10,15 +17,25 @@ from __future__ import annotations
 
 import base64
 import io
-from dataclasses import dataclass
-from typing import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 
-from influence_cli.loading.data import Examples, Inputs
+from influence_cli.errors import DataError, InfluenceError, first_line
+from influence_cli.loading.data import Examples, Inputs, load_split
+from influence_cli.recipe import FactoryData, Recipe, TorchvisionData
+from influence_cli.reports.run_info import recipe_of
 
 MAX_VALUES = 16  # values shown of a non-image input
+# torchvision datasets that unpickle a file under their root unchecked (LSUN's key cache); CIFAR
+# unpickles too, but only after checking every file's MD5 against torchvision's own list.
+UNPICKLING_DATASETS = frozenset({"LSUN", "LSUNClass"})
+SPLITS = ("train", "test")
+# what reading moved, damaged or odd data raises (besides our own errors); the page then says why
+READ_ERRORS = (InfluenceError, OSError, ValueError, TypeError, RuntimeError)
 
 
 @dataclass(frozen=True)
@@ -27,6 +44,64 @@ class Thumbnail:
 
     image: str | None = None
     text: str | None = None
+
+
+@dataclass
+class ReportInputs:
+    """The train and test splits re-read for the page, and the thumbnails drawn of them so far;
+    ``note`` says why inputs are not shown."""
+
+    train: Examples | None = None
+    test: Examples | None = None
+    note: str | None = None
+    thumbs: dict[str, dict[int, Thumbnail]] = field(default_factory=lambda: {split: {} for split in SPLITS})
+
+    @classmethod
+    def load(cls, out: Path, run: dict[str, Any], docs: dict[str, dict[str, Any]],
+             trusted: Recipe | None = None) -> "ReportInputs":
+        """The splits of ``trusted`` when given, else of the recipe recorded in ``out`` if re-reading it
+        runs no code; when they cannot be read, ``note`` says why (and how to show them)."""
+        try:
+            recipe = trusted or recorded_recipe(run, docs)
+            test = load_split(recipe, "test") if recipe.data.test is not None else None
+            return cls(load_split(recipe, "train"), test)
+        except READ_ERRORS as exc:
+            hint = "" if trusted else f"; to show them: influence-cli report {out} --recipe RECIPE"
+            return cls(note=f"inputs not shown: {_reason(exc)}{hint}")
+
+    def fetch(self, wanted: dict[str, set[int]]) -> None:
+        """Draw the thumbnails of the ``wanted`` indices of each split; a split whose examples
+        cannot be read (moved or damaged files) leaves a ``note`` instead."""
+        for split in SPLITS:
+            examples = getattr(self, split)
+            if examples is None or not wanted[split]:
+                continue
+            try:
+                self.thumbs[split] = thumbnails(examples, wanted[split])
+            except READ_ERRORS as exc:
+                self.note = f"{split} inputs not shown: reading them failed: {_reason(exc)}"
+
+
+def _reason(exc: Exception) -> str:
+    return exc.message if isinstance(exc, InfluenceError) else f"{type(exc).__name__}: {first_line(exc)}"
+
+
+def recorded_recipe(run: dict[str, Any], docs: dict[str, dict[str, Any]]) -> Recipe:
+    """The recipe recorded in a results folder (run.json, else a report's ``recipe``), refused when
+    re-reading its data could run code named in the folder (see the module docstring)."""
+    fallback = next((d["recipe"] for d in docs.values() if isinstance(d.get("recipe"), dict)), None)
+    recipe = recipe_of(run, fallback)
+    for split in SPLITS:
+        spec = getattr(recipe.data, split)
+        if isinstance(spec, FactoryData):
+            what = f"format factory ({spec.factory!r})"
+        elif isinstance(spec, TorchvisionData) and spec.name in UNPICKLING_DATASETS:
+            what = f"torchvision {spec.name}, which unpickles files under its root"
+        else:
+            continue
+        raise DataError(f"data.{split} of the recorded recipe is {what}; report never runs code named "
+                        "by the folder it renders")
+    return recipe
 
 
 def thumbnails(examples: Examples, indices: Iterable[int], batch_size: int = 256) -> dict[int, Thumbnail]:
