@@ -90,6 +90,9 @@ def test_save_is_sorted_and_round_trips(tmp_path: Path) -> None:
     ('{"entries": []}', "not an influence-cli baseline"),
     ('{"format": "influence-cli-baseline", "version": 9, "entries": []}', "version 9"),
     ('{"format": "influence-cli-baseline", "version": 1, "entries": [{"label": 1}]}', '"entries" must be'),
+    # an id lands in check.md inside backticks: only what example_id makes is accepted
+    ('{"format": "influence-cli-baseline", "version": 1, "entries": [{"id": "`<script>x`", "label": 1}]}',
+     "id is 16 hexadecimal digits"),
 ])
 def test_bad_baseline_files_are_one_line_errors(tmp_path: Path, content: str | None, words: str) -> None:
     path = tmp_path / "b.json"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +30,7 @@ from influence_cli.files import write_json
 FORMAT = "influence-cli-baseline"
 VERSION = 1
 ID_CHARS = 16
+_ID = re.compile(f"[0-9a-f]{{{ID_CHARS}}}")  # what example_id makes (and all that reports show)
 
 
 def _tensor_bytes(name: str, t: torch.Tensor) -> bytes:
@@ -107,6 +109,7 @@ class Baseline:
             raise DataError(f"{path}: baseline version {data.get('version')!r} is not supported (expected {VERSION})")
         entries = data.get("entries")
         if not isinstance(entries, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str)
-                                                    for e in entries):
-            raise DataError(f"{path}: \"entries\" must be a list of {{\"id\", \"label\"}} objects")
+                                                    and _ID.fullmatch(e["id"]) for e in entries):
+            raise DataError(f"{path}: \"entries\" must be a list of {{\"id\", \"label\"}} objects whose id is "
+                            f"{ID_CHARS} hexadecimal digits")
         return cls({e["id"]: e for e in entries}, data.get("method"))
