@@ -3,24 +3,40 @@
 A recipe names a model, its training checkpoints (with learning rates η_c), the data, the loss
 and the layers to differentiate. Every section is a small pydantic model with ``extra="forbid"``
 so that a typo is an error naming its YAML path, not a silently ignored key. Relative paths are
-relative to the recipe file.
+relative to the recipe file. The YAML is read with a safe loader that also refuses a key given
+twice in one mapping (the last one would silently win) and absurdly deep nesting.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, NonNegativeInt, PositiveInt, Tag,
+                      ValidationError, field_validator, model_validator)
+from pydantic_core import ErrorDetails, PydanticCustomError
 
 from influence_cli.errors import RecipeError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        """Refuse an unknown key before anything else: a typo (``pth:``) then reads as itself, not as
+        the required key it was meant to be (``path: required key is missing``)."""
+        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
+        if unknown:
+            keys = [k for k, field in cls.model_fields.items() if not field.exclude]  # not base_dir, source
+            close = difflib.get_close_matches(str(unknown[0]), keys, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PydanticCustomError("unknown_key", "unknown key{hint}", {"key": unknown[0], "hint": hint})
+        return data
 
 
 class ModelSpec(_Section):
@@ -177,7 +193,8 @@ class ChecksSpec(_Section):
     @model_validator(mode="before")
     @classmethod
     def _known_keys(cls, data: Any) -> Any:
-        unknown = sorted(set(data) - set(cls.model_fields)) if isinstance(data, dict) else []
+        """An unknown key is named with the list of rules (replaces :meth:`_Section._known_keys`)."""
+        unknown = sorted(set(data) - set(cls.model_fields), key=str) if isinstance(data, dict) else []
         if unknown:
             raise ValueError(f"unknown rule {unknown[0]!r}; known rules and settings: {', '.join(cls.model_fields)}")
         return data
@@ -202,14 +219,38 @@ class ProjectionSpec(_Section):
     seed: NonNegativeInt = Field(0, description="seed of the random draws (same projection everywhere)")
 
 
-_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?|mps)$")
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _some_checkpoints(entries: list[CheckpointEntry]) -> list[CheckpointEntry]:
+    """A list of checkpoints is not empty (said in the project's words, not pydantic's)."""
+    if not entries:
+        raise ValueError("needs at least one checkpoint")
+    return entries
+
+
+def _checkpoints_form(value: Any) -> str | None:
+    """Which form of ``checkpoints`` was written, so that errors come from that form only. The tags
+    are not YAML keys (error locations drop them)."""
+    if isinstance(value, (list, tuple)):
+        return "<list>"
+    if isinstance(value, HFTrainerCheckpoints) or (isinstance(value, dict) and "hf_trainer_dir" in value):
+        return "<hf_trainer_dir>"
+    return "<glob>" if isinstance(value, (dict, CheckpointGlob)) else None
+
+
+Checkpoints = Annotated[Union[Annotated[list[CheckpointEntry], AfterValidator(_some_checkpoints), Tag("<list>")],
+                              Annotated[CheckpointGlob, Tag("<glob>")],
+                              Annotated[HFTrainerCheckpoints, Tag("<hf_trainer_dir>")]],
+                        Discriminator(_checkpoints_form, custom_error_type="checkpoints_type",
+                                      custom_error_message="expected a list or a mapping")]
 
 
 class Recipe(_Section):
     """A whole recipe. ``base_dir`` is the folder relative paths are resolved against."""
 
     model: ModelSpec
-    checkpoints: Annotated[list[CheckpointEntry], Field(min_length=1)] | CheckpointGlob | HFTrainerCheckpoints
+    checkpoints: Checkpoints
     data: DataSpec
     loss: str = Field("cross_entropy", description="cross_entropy | mse | bce_with_logits | file.py:fn")
     layers: list[str] | None = Field(None, description="module/parameter names or globs; null = all")
@@ -233,7 +274,7 @@ class Recipe(_Section):
     @classmethod
     def _check_device(cls, device: str) -> str:
         if not _DEVICE.match(device):
-            raise ValueError(f"must be auto, cpu, cuda, cuda:N or mps, not {device!r}")
+            raise ValueError(f"must be auto, cpu, cuda or cuda:N, not {device!r}")
         return device
 
     def resolve(self, path: str | Path) -> Path:
@@ -246,36 +287,82 @@ class Recipe(_Section):
         return self.model_dump(mode="json", exclude_none=True)
 
 
-def _format_loc(loc: tuple[Any, ...], data: Any) -> str:
-    """Render a pydantic error location as a YAML path, dropping pydantic's union-branch tags
-    (they are not keys of the user's data)."""
+def _yaml_path(error: ErrorDetails, data: Any) -> list[str]:
+    """The YAML path of a pydantic error as parts (``["checkpoints", "[0]", ".path"]``), dropping
+    pydantic's union-branch tags (they are not keys of the user's data)."""
+    loc = error["loc"]
+    if error["type"] == "unknown_key":
+        loc = (*loc, error["ctx"]["key"])
+    elif error["type"].startswith("union_tag_"):  # the discriminating key (`format`) is missing or wrong
+        loc = (*loc, error["ctx"]["discriminator"].strip("'"))
     parts: list[str] = []
     node = data
     for pos, item in enumerate(loc):
-        last = pos == len(loc) - 1
         if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
             parts.append(f"[{item}]")
             node = node[item]
         elif isinstance(node, dict) and item in node:
             parts.append(("." if parts else "") + str(item))
             node = node[item]
-        elif last and isinstance(node, dict) and isinstance(item, str):
-            parts.append(("." if parts else "") + item)  # a missing key
-    return "".join(parts) or "<top level>"
+        elif pos == len(loc) - 1 and error["type"] in ("missing", "union_tag_not_found"):
+            parts.append(("." if parts else "") + str(item))  # a missing key
+    return parts
+
+
+def _shown(value: Any) -> str:
+    """A value the way the user wrote it in YAML, kept short."""
+    if isinstance(value, (dict, list)):
+        return "a mapping" if isinstance(value, dict) else "a list"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# pydantic's error types in the project's own words: "expected <what>, got <value>"
+_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
+             "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
+             "string_type": "a string", "bool_type": "true or false", "bool_parsing": "true or false",
+             "list_type": "a list", "dict_type": "a mapping of keys", "model_type": "a mapping of keys",
+             "checkpoints_type": "a list of checkpoints or a mapping with `glob` or `hf_trainer_dir`"}
+_BOUNDS = {"greater_than": ("greater than", "gt"), "greater_than_equal": ("greater than or equal to", "ge"),
+           "less_than": ("less than", "lt"), "less_than_equal": ("less than or equal to", "le")}
+
+
+def _message(error: ErrorDetails, literals: list[str]) -> str:
+    """What is wrong, in the project's words for the common cases (pydantic's otherwise).
+    ``literals``: the values another branch of a union would take at the same place (``'auto'``)."""
+    kind, ctx, got = error["type"], error.get("ctx", {}), _shown(error["input"])
+    if kind in _EXPECTED:
+        return f"expected {' or '.join([_EXPECTED[kind], *literals])}, got {got}"
+    if kind in _BOUNDS:
+        words, bound = _BOUNDS[kind]
+        return f"must be {words} {ctx[bound]:g}, got {got}"
+    if kind in ("missing", "union_tag_not_found"):
+        return "required key is missing"
+    if kind == "literal_error":  # pydantic writes "'a', 'b' or 'c'"
+        values = ctx["expected"].replace(" or ", ", ")
+        return f"expected {'one of ' if ',' in values else ''}{values}, got {got}"
+    if kind == "union_tag_invalid":
+        key, tags = ctx["discriminator"].strip("'"), ctx["expected_tags"].replace("'", "")
+        return f"unknown {key} {ctx['tag']!r} (expected one of: {tags})"
+    return error["msg"].removeprefix("Value error, ")
 
 
 def _one_line(exc: ValidationError, data: Any, source: str) -> str:
-    errors = exc.errors()
-    # Prefer the error that names the deepest location: it is the most specific.
-    first = max(errors, key=lambda e: len(e["loc"]))
-    msg = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "extra_forbidden":
-        msg = "unknown key"
-    return f"{source}: {_format_loc(first['loc'], data)}: {msg}"
+    # The error at the deepest YAML path is the most specific; at equal depth an unknown key comes
+    # first (it usually explains the others), then pydantic's order (the first union branch).
+    errors = [(_yaml_path(e, data), e) for e in exc.errors()]
+    path, error = max(errors, key=lambda pe: (len(pe[0]), pe[1]["type"] == "unknown_key"))
+    literals = [e["ctx"]["expected"] for p, e in errors
+                if p == path and e["type"] == "literal_error" and e is not error]
+    return f"{source}: {''.join(path) or '<top level>'}: {_message(error, literals)}"
 
 
 def parse_recipe(data: Any, *, base_dir: Path, source: str = "<recipe>") -> Recipe:
     """Validate already-parsed recipe data; errors name the YAML path of the problem."""
+    if data is None:  # an empty file, or only comments
+        raise RecipeError(f"{source}: the recipe is empty")
     if not isinstance(data, dict):
         raise RecipeError(f"{source}: the recipe must be a mapping of keys, got {type(data).__name__}")
     try:
@@ -284,16 +371,82 @@ def parse_recipe(data: Any, *, base_dir: Path, source: str = "<recipe>") -> Reci
         raise RecipeError(_one_line(exc, data, source)) from None
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file. Raises :class:`RecipeError` with a one-line message."""
-    path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
+MAX_DEPTH = 100  # levels of nested lists and mappings; a recipe needs about 6
+
+
+class _YAMLRefusal(yaml.YAMLError):
+    """Well-formed YAML that a recipe may not be: ``text`` is the problem at 1-based ``line``."""
+
+    def __init__(self, line: int, text: str) -> None:
+        super().__init__(text)
+        self.line, self.text = line, text
+
+
+class _RecipeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any level), nesting
+    deeper than :data:`MAX_DEPTH` (which would exhaust Python's recursion while composing) and an
+    alias inside the node it names (``&a [*a]``: a structure that contains itself)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._open: list[str | None] = []  # anchors of the nodes being composed, outermost first
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        event = self.peek_event()
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open:
+            raise _YAMLRefusal(line, f"alias *{event.anchor} is used inside &{event.anchor} itself (a list or "
+                                     "mapping cannot contain itself)")
+        if len(self._open) == MAX_DEPTH:
+            raise _YAMLRefusal(line, f"nested too deeply (more than {MAX_DEPTH} levels of lists and mappings)")
+        self._open.append(getattr(event, "anchor", None))
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._open.pop()
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, yaml.Node] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`; its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                earlier = first.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: the base class reports it
+                continue
+            if earlier is not key_node:
+                raise _YAMLRefusal(key_node.start_mark.line + 1, f"duplicate key {key!r} (first at line "
+                                                                f"{earlier.start_mark.line + 1})")
+        return super().construct_mapping(node, deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed YAML of a recipe file; every problem is a one-line :class:`RecipeError`."""
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot read the recipe: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecipeError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+    try:
+        return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: nothing is constructed but data
+    except _YAMLRefusal as exc:
+        raise RecipeError(f"{path}:{exc.line}: {exc.text}") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError(f"{path}{where}: malformed YAML: {problem}") from None
-    return parse_recipe(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Read and validate a recipe file. Raises :class:`RecipeError` with a one-line message."""
+    path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder, not a recipe file")
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    return parse_recipe(_read_yaml(path), base_dir=path.resolve().parent, source=str(path))

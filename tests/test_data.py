@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import save_file
+from typer.testing import CliRunner
 
 from influence_cli import load_recipe, score
-from influence_cli.errors import InfluenceError
+from influence_cli.cli import app
+from influence_cli.errors import DataError, InfluenceError
 from influence_cli.loading.data import DatasetExamples, TensorExamples, load_split
 
 FACTORY = '''
@@ -41,7 +43,29 @@ def broken():
 
 def wrong():
     return 3
+
+
+def text():
+    return "hello"
+
+
+def strings():
+    return ["a", "b"], torch.tensor([0, 1])
+
+
+def word_labels():
+    return torch.zeros(2, 6), ["cat", "dog"]
+
+
+def word_pairs():
+    return [(torch.zeros(6), "cat"), (torch.ones(6), "dog")]
+
+
+def text_pairs():
+    return [("a cat", 0), ("a dog", 1)]
 '''
+
+EXPECTED = "expected a map-style Dataset of (input, label) pairs or an (inputs, labels) tuple of tensors"
 
 
 def test_batches_follow_the_given_indices():
@@ -77,7 +101,12 @@ def test_other_sources_give_the_same_scores(tiny_recipe, monkeypatch, train):
 
 @pytest.mark.parametrize("factory, message", [
     ("data.py:broken", "data.train.factory: data.py:broken raised ValueError: no disk"),
-    ("data.py:wrong", "data.train.factory: returned int; expected a Dataset or (inputs, labels)"),
+    ("data.py:wrong", f"data.train.factory: data.py:wrong returned int; {EXPECTED}"),
+    ("data.py:text", f"data.train.factory: data.py:text returned str; {EXPECTED}"),
+    ("data.py:strings", "data.train.factory: data.py:strings returned tuple (list, Tensor); the inputs must be a "
+                        "tensor or a dict of tensors"),
+    ("data.py:word_labels", "data.train.factory: data.py:word_labels returned tuple (Tensor, list); the labels must "
+                            "be numbers (a tensor of class indices or targets)"),
     ("data.py:nothing", "data.train.factory: 'data.py' has no callable named 'nothing'"),
 ])
 def test_factory_errors(tiny_recipe, factory, message):
@@ -87,3 +116,28 @@ def test_factory_errors(tiny_recipe, factory, message):
     with pytest.raises(InfluenceError) as info:
         load_split(load_recipe(run.recipe_path), "train")
     assert info.value.message == message
+
+
+@pytest.mark.parametrize("factory, message", [
+    ("data.py:word_pairs", "data.train: cannot batch the items (each must be an (input, label) pair, inputs of one "
+                           "shape, numeric labels): "),
+    ("data.py:text_pairs", "data.train: item inputs must be tensors (or dicts of tensors), got str"),
+])
+def test_dataset_items_that_are_not_tensors_are_one_line_errors(tiny_recipe, factory, message):
+    run = tiny_recipe("mlp", n_train=3, n_test=2)
+    (run.dir / "data.py").write_text(FACTORY)
+    run.rewrite(data={"train": {"format": "factory", "factory": factory}})
+    examples = load_split(load_recipe(run.recipe_path), "train")
+    with pytest.raises(DataError) as info:
+        examples.batch(torch.arange(2))
+    assert info.value.message.startswith(message)  # then PyTorch's own words
+
+
+def test_a_factory_returning_text_gives_one_line_and_exit_2(tiny_recipe):
+    run = tiny_recipe("mlp", n_train=3, n_test=2)
+    (run.dir / "data.py").write_text(FACTORY)
+    run.rewrite(data={**run.data["data"], "train": {"format": "factory", "factory": "data.py:text"}})
+    res = CliRunner().invoke(app, ["score", str(run.recipe_path), "-q", "--out", str(run.dir / "report")])
+    assert (res.exit_code, res.stdout) == (2, "")
+    assert res.stderr == f"error: data.train.factory: data.py:text returned str; {EXPECTED}\n"
+    assert not (run.dir / "report").exists()

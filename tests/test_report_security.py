@@ -318,7 +318,7 @@ MALFORMED: list[tuple[str, Any, str]] = [
     ("mislabels.json", {"ranking": [{"rank": 1, "train_index": -1}]},
      "ranking[0].train_index: expected a non-negative integer, got -1"),
     ("mislabels.json", {"ranking": [{"rank": 1, "train_index": 0, "flagged": "yes"}]}, "ranking[0].flagged"),
-    ("mislabels.json", {"ranking": [], "threshold": "high"}, "threshold: expected a number"),
+    ("mislabels.json", {"ranking": [], "flag_rule": "high"}, "flag_rule: expected"),
     ("influence.json", {"test": [{"test_index": 0, "proponents": []}]}, "test[0].opponents: missing"),
     ("influence.json", {"test": [{"test_index": 0, "proponents": [{"score": 1.0}], "opponents": []}]},
      "test[0].proponents[0].train_index: missing"),

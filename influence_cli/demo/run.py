@@ -16,7 +16,8 @@ from influence_cli.demo.training import TrainSchedule
 from influence_cli.errors import ParameterError
 from influence_cli.progress import NoProgress, Progress, TimedProgress
 from influence_cli.recipe import load_recipe
-from influence_cli.reports.html import REPORT_FILE, write_ground_truth
+from influence_cli.reports.ground_truth import write_ground_truth
+from influence_cli.reports.html import REPORT_FILE
 from influence_cli.reports.writer import Result, write_reports
 from influence_cli.scoring import InfluenceResult, score
 from influence_cli.session import Session

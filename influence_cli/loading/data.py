@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from influence_cli.errors import DataError, first_line
+from influence_cli.loading.checkpoints import torch_load_failure
 from influence_cli.loading.imports import import_callable
 from influence_cli.recipe import FactoryData, ImageFolderData, Recipe, TensorsData, TextData, TorchvisionData
 
@@ -125,13 +126,35 @@ class DatasetExamples(Examples):
         items = [self.dataset[int(i)] for i in idx]
         try:
             inputs, labels = self.collate(items)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{self.name}: items must be (input, label) pairs: {exc}") from None
-        return inputs, torch.as_tensor(labels)
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise DataError(f"{self.name}: cannot batch the items (each must be an (input, label) pair, inputs of "
+                            f"one shape, numeric labels): {first_line(exc)}") from None
+        if not _is_inputs(inputs):
+            first = items[0][0] if isinstance(items[0], (tuple, list)) else inputs
+            raise DataError(f"{self.name}: item inputs must be tensors (or dicts of tensors), got "
+                            f"{_type_names(first)}")
+        return inputs, labels
 
 
 def _as_dict(inputs: Inputs) -> dict[str, torch.Tensor]:
     return inputs if isinstance(inputs, dict) else {"inputs": inputs}
+
+
+def _is_inputs(obj: Any) -> bool:
+    """A tensor, or a non-empty dict of tensors (token ids, attention mask)."""
+    return isinstance(obj, torch.Tensor) or (isinstance(obj, dict) and bool(obj)
+                                              and all(isinstance(v, torch.Tensor) for v in obj.values()))
+
+
+def _type_names(obj: Any) -> str:
+    """What an object is, for an error: ``str``, ``None``, ``tuple (Tensor, str)``."""
+    if obj is None:
+        return "None"
+    if isinstance(obj, tuple):
+        names = [type(o).__name__ for o in obj[:4]] + (["..."] if len(obj) > 4 else [])
+        return f"tuple ({', '.join(names)})"
+    return type(obj).__name__
 
 
 def _load_tensor_file(path: Path, key: str) -> Mapping[str, Any]:
@@ -144,8 +167,9 @@ def _load_tensor_file(path: Path, key: str) -> Mapping[str, Any]:
             return load_file(str(path))
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise DataError(f"{key}.path: cannot read {path}: {type(exc).__name__}: "
-                        f"{first_line(exc)}") from None
+        reason = torch_load_failure(path, exc, what="PyTorch tensor file",
+                                    pickle_hint="save only tensors (a dict of tensors) or a .safetensors file")
+        raise DataError(f"{key}.path: cannot read {path}: {reason}") from None
     if not isinstance(obj, Mapping):
         raise DataError(f"{key}.path: {path} holds a {type(obj).__name__}, expected a dict with inputs and labels")
     return obj
@@ -172,11 +196,21 @@ def _from_factory(spec: FactoryData, recipe: Recipe, key: str) -> Examples:
         out = fn(**spec.kwargs)
     except Exception as exc:
         raise DataError(f"{key}.factory: {spec.factory} raised {type(exc).__name__}: {exc}") from None
-    if isinstance(out, tuple) and len(out) == 2:
-        return TensorExamples(out[0], torch.as_tensor(out[1]), name=key)
-    if isinstance(out, Dataset) or (hasattr(out, "__getitem__") and hasattr(out, "__len__")):
+    returned = f"{key}.factory: {spec.factory} returned {_type_names(out)}"
+    if isinstance(out, tuple) and len(out) == 2:  # (inputs, labels)
+        if not _is_inputs(out[0]):
+            raise DataError(f"{returned}; the inputs must be a tensor or a dict of tensors")
+        try:
+            labels = torch.as_tensor(out[1])
+        except (TypeError, ValueError, RuntimeError):
+            raise DataError(f"{returned}; the labels must be numbers (a tensor of class indices or targets)") from None
+        return TensorExamples(out[0], labels, name=key)
+    # A map-style dataset: indexable with a length (a str, a dict or a tensor has both but is not one).
+    if hasattr(out, "__getitem__") and hasattr(out, "__len__") and not isinstance(out, (str, bytes, Mapping,
+                                                                                       torch.Tensor)):
         return DatasetExamples(out, name=key)
-    raise DataError(f"{key}.factory: returned {type(out).__name__}; expected a Dataset or (inputs, labels)")
+    raise DataError(f"{returned}; expected a map-style Dataset of (input, label) pairs or an (inputs, labels) "
+                    "tuple of tensors")
 
 
 def _from_text(spec: TextData, recipe: Recipe, key: str) -> Examples:

@@ -42,10 +42,14 @@ def build_model(recipe: Recipe) -> nn.Module:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` is CUDA when available, else CPU; an unavailable CUDA is an error, not a fallback."""
+    """``auto`` is CUDA when available, else CPU; an unavailable CUDA (or GPU number) is an error,
+    not a fallback. ``name`` is one the recipe schema accepts: auto, cpu, cuda or cuda:N."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RecipeError(f"device: {name} requested but CUDA is not available on this machine")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise RecipeError(f"device: {name} requested but this machine has {torch.cuda.device_count()} CUDA "
+                          "device(s) (cuda:0 is the first)")
     return device

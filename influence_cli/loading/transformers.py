@@ -43,7 +43,8 @@ def load_config(recipe: Recipe) -> Any:
 
     assert recipe.model.transformers is not None
     folder = _local_folder(recipe.resolve(recipe.model.transformers), "model.transformers")
-    overrides = {"attn_implementation": "eager", **recipe.model.kwargs}
+    # never the folder's own code (config.json auto_map), even if model.kwargs asks for it
+    overrides = {"attn_implementation": "eager", **recipe.model.kwargs, "trust_remote_code": False}
     try:
         config, unused = AutoConfig.from_pretrained(str(folder), local_files_only=True, return_unused_kwargs=True,
                                                     **overrides)
@@ -175,7 +176,7 @@ def load_text(spec: TextData, recipe: Recipe, key: str) -> TextExamples:
     tok_key = f"{key}.tokenizer" if spec.tokenizer else "model.transformers"
     folder = _local_folder(recipe.resolve(spec.tokenizer or recipe.model.transformers or ""), tok_key)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise RecipeError(f"{tok_key}: cannot load a tokenizer from {folder}: "
                           f"{first_line(exc)}") from None

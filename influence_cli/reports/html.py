@@ -39,8 +39,8 @@ import yaml
 
 from influence_cli.recipe import Recipe
 from influence_cli.reports import plots
-from influence_cli.files import atomic_write, write_json
-from influence_cli.reports.sources import GROUND_TRUTH, read_sources
+from influence_cli.files import atomic_write
+from influence_cli.reports.sources import read_sources
 from influence_cli.reports.thumbnails import ReportInputs
 
 REPORT_FILE = "report.html"
@@ -56,17 +56,6 @@ def write_report(out: Path, recipe: Recipe | None = None) -> Path:
     the user's own) re-reads the inputs; without it, the recipe recorded in ``out`` does when that
     runs no code."""
     return atomic_write(out / REPORT_FILE, render_report(out, recipe))
-
-
-def write_ground_truth(out: Path, flipped_train_indices: Iterable[int], target_test_indices: Iterable[int] = (),
-                       poison_train_indices: Iterable[int] = ()) -> Path:
-    """``out/ground_truth.json``: what a run planted (the demo knows), ``{"flipped_train_indices": [...],
-    "target_test_indices": [...]}`` plus ``"poison_train_indices"`` when an attack's training examples
-    are given; the report then shows recall against it."""
-    poison = sorted(int(i) for i in poison_train_indices)
-    return write_json(out / GROUND_TRUTH, {"flipped_train_indices": sorted(int(i) for i in flipped_train_indices),
-                                           "target_test_indices": sorted(int(i) for i in target_test_indices),
-                                           **({"poison_train_indices": poison} if poison else {})})
 
 
 def render_report(out: Path, recipe: Recipe | None = None) -> str:
@@ -174,8 +163,8 @@ def _mislabels(doc: dict[str, Any], inputs: ReportInputs, truth: dict[str, Any])
     parts = [_kv([("ranked", len(ranking)), ("flagged", len(flagged)), *extra])]
     scores = [e["score"] for e in ranking if _finite(e.get("score"))]
     if scores:
-        cut = doc.get("threshold") if _finite(doc.get("threshold")) else (
-            min(e["score"] for e in flagged) if flagged else None)
+        lowest = rule.get("lowest_flagged_score") if isinstance(rule, dict) else None
+        cut = lowest if _finite(lowest) else (min(e["score"] for e in flagged) if flagged else None)
         parts.append(_plot(plots.score_histogram(scores, cut, "mislabel score"), "histogram of mislabel scores"))
     flipped = {int(i) for i in truth.get("flipped_train_indices", [])}
     if flipped:

@@ -20,9 +20,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from pydantic_core import ErrorDetails
 
 from influence_cli.errors import DataError
+from influence_cli.reports.ground_truth import GROUND_TRUTH
 from influence_cli.reports.run_info import RUN_FILE, read_json_object
 
-GROUND_TRUTH = "ground_truth.json"
 
 Index = Annotated[int, Field(ge=0)]
 
@@ -72,7 +72,6 @@ class _Ranked(_Doc):
 
 class MislabelsFile(_Report):
     ranking: list[_Ranked]
-    threshold: float | None = None
     flag_rule: dict[str, Any] | None = None
 
 
