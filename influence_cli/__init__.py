@@ -30,7 +30,9 @@ _API = {
     "write_reports": "influence_cli.reports.writer",
 }
 
-__all__ = sorted(_API) + ["__version__"]
+__all__ = ["CheckResult", "InfluenceError", "InfluenceResult", "Method", "MislabelMethod", "MislabelResult", "Recipe",
+           "Session", "TargetResult", "TestLabels", "check", "load_recipe", "mislabel_detect", "score",
+           "target_identify", "write_reports", "__version__"]
 
 if TYPE_CHECKING:
     from influence_cli.audits.check import CheckResult, check

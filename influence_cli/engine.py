@@ -24,7 +24,7 @@ from influence_cli import distributed
 from influence_cli.errors import GradientError, InfluenceError
 from influence_cli.estimators import layer_weights, self_influence_term
 from influence_cli.gradients.per_example import GradientBatch
-from influence_cli.loading.data import Examples
+from influence_cli.loading.examples import Examples
 from influence_cli.methods import Method
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.session import Session

@@ -14,14 +14,24 @@ import torch
 from torch import nn
 
 from influence_cli.errors import DataError, RecipeError, first_line
-from influence_cli.gradients.layers import ParamLayout, select_parameters
 from influence_cli.gradients.factorized import FactorizedGradients
-from influence_cli.gradients.per_example import (GradientBatch, HalveOnOutOfMemory, Inputs, PerExampleGradients,
-                                                 call_model)
+from influence_cli.gradients.layers import ParamLayout, select_parameters
+from influence_cli.gradients.per_example import (
+    GradientBatch,
+    HalveOnOutOfMemory,
+    Inputs,
+    PerExampleGradients,
+    call_model,
+)
 from influence_cli.gradients.projection import ProjectedGradients
 from influence_cli.gradients.store import GradientStore, store_key
-from influence_cli.loading.checkpoints import fit_to_model, list_checkpoints, load_checkpoint
-from influence_cli.loading.data import Examples, load_split
+from influence_cli.loading.checkpoints import (
+    fit_to_model,
+    list_checkpoints,
+    load_checkpoint,
+)
+from influence_cli.loading.data import load_split
+from influence_cli.loading.examples import Examples
 from influence_cli.loading.models import build_model, resolve_device
 from influence_cli.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
 from influence_cli.recipe import Recipe

@@ -10,7 +10,7 @@ import torch
 
 from influence_cli.audits.baseline import Baseline, example_id, example_ids
 from influence_cli.errors import DataError
-from influence_cli.loading.data import Examples, TensorExamples
+from influence_cli.loading.examples import Examples, TensorExamples
 
 
 def _examples(n: int = 12, seed: int = 0) -> TensorExamples:

@@ -16,7 +16,7 @@ from influence_cli.audits.baseline import Baseline
 from influence_cli.audits.baseline import example_ids
 from influence_cli.audits.check import RULES, CheckResult, Facts, Need, evaluate, gather, rules_of, updated_baseline
 from influence_cli.errors import RecipeError
-from influence_cli.loading.data import TensorExamples
+from influence_cli.loading.examples import TensorExamples
 from influence_cli.recipe import ChecksSpec, parse_recipe
 from influence_cli.reports.check import append_step_summary, junit_xml, markdown, write_check_reports
 

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from influence_cli import load_recipe, score
 from influence_cli.cli import app
 from influence_cli.errors import DataError, InfluenceError
-from influence_cli.loading.data import DatasetExamples, TensorExamples, load_split
+from influence_cli.loading.data import load_split
+from influence_cli.loading.examples import DatasetExamples, TensorExamples
 
 FACTORY = '''
 import torch

@@ -162,7 +162,11 @@ def test_layers_not_called_through_forward_use_torch_func() -> None:
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     x, y = torch.randn(3, 4, dtype=torch.float64), torch.tensor([0, 2, 1])
     fac = FactorizedGradients(model, layout, CE)
-    got, ref = fac(weights, x, y), PerExampleGradients(model, layout, CE)(weights, x, y)
+    with pytest.warns(UserWarning, match="layers unused, direct: their modules' forward is never called") as said:
+        got = fac(weights, x, y)
+    ours = [w for w in said if "forward is never called" in str(w.message)]
+    assert len(ours) == 1 and fac.moved_to_dense == ["unused", "direct"]  # recorded, and said once
+    ref = PerExampleGradients(model, layout, CE)(weights, x, y)
     assert [layout.layer_names[f.index] for f in fac.factor_layers] == ["used"]
     assert torch.allclose(got.layer_sq_norms(), ref.layer_sq_norms(), atol=ATOL)
     assert torch.allclose(got.dot(got), ref.dot(ref), atol=ATOL)

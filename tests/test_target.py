@@ -12,7 +12,7 @@ from influence_cli.audits.target import (TargetResult, best_other, flag_rule, ow
                                          target_identify)
 from influence_cli.engine import TrainPassResult
 from influence_cli.stats import robust_z
-from influence_cli.errors import InfluenceError, ParameterError
+from influence_cli.errors import ParameterError
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):

@@ -24,8 +24,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from influence_cli.errors import DataError
-from influence_cli.loading.data import Examples, Inputs
 from influence_cli.files import write_json
+from influence_cli.loading.examples import Examples, Inputs
 
 FORMAT = "influence-cli-baseline"
 VERSION = 1

@@ -53,7 +53,12 @@ import torch.nn.functional as F
 from influence_cli.engine import train_pass
 from influence_cli.errors import InfluenceError, ParameterError
 from influence_cli.gradients.layers import select_parameters
-from influence_cli.methods import DEFAULT_MISLABEL_METHOD, Method, MislabelMethod, choose
+from influence_cli.methods import (
+    DEFAULT_MISLABEL_METHOD,
+    Method,
+    MislabelMethod,
+    choose,
+)
 from influence_cli.progress import NoProgress, Progress
 from influence_cli.recipe import Recipe
 from influence_cli.session import Session

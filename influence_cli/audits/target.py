@@ -60,8 +60,14 @@ import torch
 
 from influence_cli.engine import TrainPassResult, query_features, train_pass
 from influence_cli.errors import InfluenceError, ParameterError
-from influence_cli.methods import (DEFAULT_TARGET_K, DEFAULT_TARGET_MIN_SHARE, DEFAULT_TARGET_SHARE_THRESHOLD,
-                                   DEFAULT_TARGET_THRESHOLD, Method, choose)
+from influence_cli.methods import (
+    DEFAULT_TARGET_K,
+    DEFAULT_TARGET_MIN_SHARE,
+    DEFAULT_TARGET_SHARE_THRESHOLD,
+    DEFAULT_TARGET_THRESHOLD,
+    Method,
+    choose,
+)
 from influence_cli.progress import Progress
 from influence_cli.recipe import Recipe
 from influence_cli.selection import check_indices, plain

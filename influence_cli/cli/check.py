@@ -8,8 +8,20 @@ from typing import Annotated
 
 import typer
 
-from influence_cli.cli.common import (HtmlOpt, NoCacheOpt, OutOpt, OverwriteOpt, QuietOpt, RecipeArg, checked_output_dir, console,
-                                      finish, guarded, open_recipe, progress_for)
+from influence_cli.cli.common import (
+    HtmlOpt,
+    NoCacheOpt,
+    OutOpt,
+    OverwriteOpt,
+    QuietOpt,
+    RecipeArg,
+    checked_output_dir,
+    console,
+    finish,
+    guarded,
+    open_recipe,
+    progress_for,
+)
 from influence_cli.methods import Choice
 
 

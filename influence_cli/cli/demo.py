@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from influence_cli.cli.common import QuietOpt, console, guarded, progress_for, run_summary
+from influence_cli.cli.common import (
+    QuietOpt,
+    console,
+    guarded,
+    progress_for,
+    run_summary,
+)
 
 
 @guarded

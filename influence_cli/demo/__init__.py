@@ -23,10 +23,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from influence_cli.demo.backdoor import TRIGGER, Backdoor, append_target, plant_backdoor, stamp_trigger
+from influence_cli.demo.backdoor import (
+    TRIGGER,
+    Backdoor,
+    append_target,
+    plant_backdoor,
+    stamp_trigger,
+)
 from influence_cli.demo.build import make_digits_run
 from influence_cli.demo.data import DIGIT_PAIRS, DigitsData, Noise, digits_data
-from influence_cli.demo.models import FACTORIES, Arch, build_digits_cnn, build_digits_mlp
+from influence_cli.demo.models import (
+    FACTORIES,
+    Arch,
+    build_digits_cnn,
+    build_digits_mlp,
+)
 from influence_cli.demo.training import TrainSchedule, train_model
 
 if TYPE_CHECKING:
@@ -38,7 +49,7 @@ _RUN = ("DemoResult", "poison_count", "recall_at", "run_demo")
 
 __all__ = ["DIGIT_PAIRS", "FACTORIES", "TRIGGER", "Arch", "Backdoor", "DigitsData", "Noise", "TrainSchedule",
            "append_target", "build_digits_cnn", "build_digits_mlp", "digits_data", "make_digits_run",
-           "plant_backdoor", "stamp_trigger", "train_model", *_RUN]
+           "plant_backdoor", "stamp_trigger", "train_model", "DemoResult", "poison_count", "recall_at", "run_demo"]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import torch
 
-from influence_cli.demo.backdoor import TRIGGER_DESCRIPTION, Backdoor, append_target, plant_backdoor
+from influence_cli.demo.backdoor import (
+    TRIGGER_DESCRIPTION,
+    Backdoor,
+    append_target,
+    plant_backdoor,
+)
 from influence_cli.demo.data import DigitsData, Noise, digits_data
 from influence_cli.demo.models import Arch
 from influence_cli.demo.recipe import write_recipe

@@ -22,9 +22,8 @@ from torch.utils._pytree import tree_map
 
 from influence_cli.errors import GradientError, first_line
 from influence_cli.gradients.layers import ParamLayout
+from influence_cli.loading.examples import Inputs
 from influence_cli.losses import LossFn, model_outputs
-
-Inputs = torch.Tensor | dict[str, torch.Tensor]
 
 
 def call_model(model: nn.Module, weights: dict[str, torch.Tensor], inputs: Inputs) -> torch.Tensor:

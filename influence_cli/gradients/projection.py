@@ -24,7 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
-from influence_cli.gradients.factorized import Factors, FactorizedGradients, LayerGrads, to_matrix
+from influence_cli.gradients.factorized import (
+    FactorizedGradients,
+    Factors,
+    LayerGrads,
+    to_matrix,
+)
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, Inputs, PerExampleGradients
 

@@ -12,8 +12,16 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from influence_cli.recipe import (CheckpointGlob, DataSplit, FactoryData, HFTrainerCheckpoints, ImageFolderData, Recipe,
-                                  TensorsData, TextData)
+from influence_cli.recipe import (
+    CheckpointGlob,
+    DataSplit,
+    FactoryData,
+    HFTrainerCheckpoints,
+    ImageFolderData,
+    Recipe,
+    TensorsData,
+    TextData,
+)
 
 
 @dataclass(frozen=True)

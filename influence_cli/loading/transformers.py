@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from influence_cli.errors import DataError, RecipeError, first_line
-from influence_cli.loading.data import Examples
+from influence_cli.loading.examples import Examples
 from influence_cli.recipe import Recipe, TextData
 
 DESCRIBE_CHARS = 200  # longest text a report shows per example

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from influence_cli.errors import DataError, RecipeError, first_line
-from influence_cli.loading.data import DatasetExamples
+from influence_cli.loading.examples import DatasetExamples
 from influence_cli.recipe import ImageFolderData, Recipe, TorchvisionData, TransformStep
 
 DETERMINISTIC = {"resize": "Resize", "center_crop": "CenterCrop", "normalize": "Normalize", "grayscale": "Grayscale",

@@ -11,6 +11,7 @@ from typing import Any, Iterable, Sequence
 
 from influence_cli.files import atomic_write, folder_lock
 
+
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")

@@ -37,9 +37,9 @@ from typing import Any, Iterable, Sequence
 
 import yaml
 
+from influence_cli.files import atomic_write
 from influence_cli.recipe import Recipe
 from influence_cli.reports import plots
-from influence_cli.files import atomic_write
 from influence_cli.reports.sources import read_sources
 from influence_cli.reports.thumbnails import ReportInputs
 

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from influence_cli.errors import DataError, InfluenceError
-from influence_cli.recipe import Recipe, parse_recipe
 from influence_cli.files import folder_lock, write_json
 from influence_cli.loading.inputs import content_digest, recipe_inputs
 from influence_cli.progress import TaskTiming
+from influence_cli.recipe import Recipe, parse_recipe
 from influence_cli.version import __version__
 
 RUN_FILE = "run.json"

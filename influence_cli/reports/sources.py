@@ -23,7 +23,6 @@ from influence_cli.errors import DataError
 from influence_cli.reports.ground_truth import GROUND_TRUTH
 from influence_cli.reports.run_info import RUN_FILE, read_json_object
 
-
 Index = Annotated[int, Field(ge=0)]
 
 

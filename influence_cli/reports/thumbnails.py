@@ -25,7 +25,8 @@ import numpy as np
 import torch
 
 from influence_cli.errors import DataError, InfluenceError, first_line
-from influence_cli.loading.data import Examples, Inputs, load_split
+from influence_cli.loading.data import load_split
+from influence_cli.loading.examples import Examples, Inputs
 from influence_cli.recipe import FactoryData, Recipe, TorchvisionData
 from influence_cli.reports.run_info import recipe_of
 

@@ -19,8 +19,8 @@ from influence_cli.audits.mislabel import MislabelResult
 from influence_cli.audits.target import TargetResult
 from influence_cli.errors import InfluenceError
 from influence_cli.files import atomic_write
-from influence_cli.reports import check, influence, mislabel, target
 from influence_cli.progress import TaskTiming
+from influence_cli.reports import check, influence, mislabel, target
 from influence_cli.reports.run_info import check_same_inputs, write_run_info
 from influence_cli.scoring import InfluenceResult
 
@@ -85,7 +85,9 @@ def write_reports(result: Result, out: Path | str, *, html: bool = False, junit:
     written.append(write_run_info(out, kind.command, session.recipe, seconds=seconds,
                                   checkpoints=session.checkpoints, tasks=tasks))
     if html and distributed.is_main():  # the other ranks write no files (atomic_write skips them)
-        from influence_cli.reports.html import write_report  # matplotlib: only when a page is asked for
+        from influence_cli.reports.html import (
+            write_report,  # matplotlib: only when a page is asked for
+        )
 
         written.append(write_report(out, session.recipe))  # the run's own recipe: trusted
     return written
