@@ -5,6 +5,8 @@ file and every previous output byte-for-byte as it was."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -291,3 +293,16 @@ def test_pickle_checkpoint_loads_when_trusted(tiny_recipe):
     data = json.loads((run.dir / "report" / "influence.json").read_text())
     assert [c["learning_rate"] for c in data["checkpoints"]] == run.learning_rates
     assert len(data["test"][0]["proponents"]) == 2
+
+
+def test_ctrl_c_while_starting_up_is_one_line_and_exit_130():
+    """A KeyboardInterrupt while the CLI's modules are still being imported: no traceback."""
+    code = ("import sys, types\n"
+            "class Interrupted(types.ModuleType):\n"
+            "    def __getattr__(self, name):\n"
+            "        raise KeyboardInterrupt\n"
+            "sys.modules['influence_cli.cli'] = Interrupted('influence_cli.cli')\n"
+            "from influence_cli.entry import main\n"
+            "main()\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert (res.returncode, res.stdout, res.stderr) == (130, "", "interrupted\n")

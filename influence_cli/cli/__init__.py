@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
 from influence_cli.cli.check import check_command
 from influence_cli.cli.demo import demo_command
@@ -40,12 +39,3 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """Audit PyTorch training data: influence (TracIn, GAS, GAS-L), mislabels, attack targets, CI checks."""
-
-
-def main() -> None:
-    """The console script. Ctrl-C at any moment (start-up included) is one line and exit 130."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        Console(stderr=True).print("interrupted")
-        raise SystemExit(130) from None
