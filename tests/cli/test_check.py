@@ -12,10 +12,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from conftest import TINY_MODELS
 from fixtures.tiny_models import build_mlp
 from influence_cli.cli import app
 
-TINY_MODELS = Path(__file__).parent / "fixtures" / "tiny_models.py"
 N, FLIPS, SEP = 240, 36, 6.0      # 15% of the labels flipped in the noisy run
 RULES = {"max_flagged_mislabel_fraction": 0.02, "max_flagged_mislabel_per_class": 2}
 runner = CliRunner()

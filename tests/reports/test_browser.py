@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from influence_cli.cli import app
 from influence_cli.reports.html import REPORT_FILE, write_report
-from test_html import N_TEST, make_run
+from reports.test_html import N_TEST, make_run
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
 HEADER_RGB = (0x1F, 0x3B, 0x57)  # the report header's background (inline CSS applied)
