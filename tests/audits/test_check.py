@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import torch
 
-from influence_cli.audits.baseline import Baseline
-from influence_cli.audits.baseline import example_ids
+from influence_cli.audits.baseline import Baseline, example_ids
 from influence_cli.audits.check import RULES, CheckResult, Facts, Need, evaluate, gather, rules_of, updated_baseline
 from influence_cli.errors import RecipeError
 from influence_cli.loading.examples import TensorExamples
+from influence_cli.methods import MislabelMethod
 from influence_cli.recipe import ChecksSpec, parse_recipe
 from influence_cli.reports.check import append_step_summary, junit_xml, markdown, write_check_reports
 
@@ -137,7 +137,7 @@ def test_gather_runs_each_needed_pass_once(monkeypatch: pytest.MonkeyPatch, chec
     monkeypatch.setattr("influence_cli.audits.mislabel.mislabel_detect", mislabel_detect)
     monkeypatch.setitem(sys.modules, "influence_cli.audits.target",
                         types.SimpleNamespace(target_identify=target_identify))
-    facts = gather(session, rules_of(ChecksSpec.model_validate(checks)), mislabel_method="loss")  # type: ignore[arg-type]
+    facts = gather(session, rules_of(ChecksSpec.model_validate(checks)), mislabel_method=MislabelMethod.LOSS)
     assert [c[0] for c in calls] == passes
     if "mislabel" in passes:
         assert calls[0][1]["method"] == "loss" and facts.ids == example_ids(train, [3, 8])

@@ -1,11 +1,6 @@
-"""The YAML recipe: schema, validation and path resolution.
-
-A recipe names a model, its training checkpoints (with learning rates η_c), the data, the loss
-and the layers to differentiate. Every section is a small pydantic model with ``extra="forbid"``
-so that a typo is an error naming its YAML path, not a silently ignored key. Relative paths are
-relative to the recipe file. The YAML is read with a safe loader that also refuses a key given
-twice in one mapping (the last one would silently win) and absurdly deep nesting.
-"""
+"""The recipe's schema: one small pydantic model per section, ``extra="forbid"`` (a typo is an
+error naming its YAML path, with the closest known key), choices typed by :mod:`influence_cli.methods`.
+Relative paths are relative to the recipe file (:meth:`Recipe.resolve`)."""
 
 from __future__ import annotations
 
@@ -14,7 +9,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -24,13 +18,12 @@ from pydantic import (
     NonNegativeInt,
     PositiveInt,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import PydanticCustomError
 
-from influence_cli.errors import RecipeError
+from influence_cli.methods import Method, MislabelMethod
 
 
 class _Section(BaseModel):
@@ -179,7 +172,7 @@ class NoAttackTargetRule(_Section):
     candidates: list[NonNegativeInt] | None = Field(
         None, description="test examples the watched ones are compared with (target-identify's anomaly score is "
                           "relative to them; the watched ones are always included); null = the whole test split")
-    method: Literal["gas-l", "gas", "tracin"] = Field("gas-l", description="target-identify estimator")
+    method: Method = Field(Method.GAS_L, description="target-identify estimator")
 
 
 class ChecksSpec(_Section):
@@ -191,7 +184,7 @@ class ChecksSpec(_Section):
 
     baseline: str | None = Field(None, description="baseline JSON of accepted flagged examples, relative to the "
                                                    "recipe (`--baseline` overrides)")
-    mislabel_method: str | None = Field(None, description="mislabel-detect method; null = its default")
+    mislabel_method: MislabelMethod | None = Field(None, description="mislabel-detect method; null = its default")
     max_flagged_mislabel_fraction: float | None = Field(
         None, ge=0, le=1, description="rule: flagged mislabels / N ≤ this")
     max_flagged_mislabel_per_class: NonNegativeInt | None = Field(
@@ -296,168 +289,3 @@ class Recipe(_Section):
     def to_dict(self) -> dict[str, Any]:
         """The recipe as plain JSON-safe data (what reports record)."""
         return self.model_dump(mode="json", exclude_none=True)
-
-
-def _yaml_path(error: ErrorDetails, data: Any) -> list[str]:
-    """The YAML path of a pydantic error as parts (``["checkpoints", "[0]", ".path"]``), dropping
-    pydantic's union-branch tags (they are not keys of the user's data)."""
-    loc = error["loc"]
-    if error["type"] == "unknown_key":
-        loc = (*loc, error["ctx"]["key"])
-    elif error["type"].startswith("union_tag_"):  # the discriminating key (`format`) is missing or wrong
-        loc = (*loc, error["ctx"]["discriminator"].strip("'"))
-    parts: list[str] = []
-    node = data
-    for pos, item in enumerate(loc):
-        if isinstance(node, list) and isinstance(item, int) and 0 <= item < len(node):
-            parts.append(f"[{item}]")
-            node = node[item]
-        elif isinstance(node, dict) and item in node:
-            parts.append(("." if parts else "") + str(item))
-            node = node[item]
-        elif pos == len(loc) - 1 and error["type"] in ("missing", "union_tag_not_found"):
-            parts.append(("." if parts else "") + str(item))  # a missing key
-    return parts
-
-
-def _shown(value: Any) -> str:
-    """A value the way the user wrote it in YAML, kept short."""
-    if isinstance(value, (dict, list)):
-        return "a mapping" if isinstance(value, dict) else "a list"
-    if value is None or isinstance(value, bool):
-        return {None: "null", True: "true", False: "false"}[value]
-    text = repr(value) if isinstance(value, str) else str(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-# pydantic's error types in the project's own words: "expected <what>, got <value>"
-_EXPECTED = {"int_type": "an integer", "int_parsing": "an integer", "int_from_float": "an integer",
-             "float_type": "a number", "float_parsing": "a number", "finite_number": "a finite number",
-             "string_type": "a string", "bool_type": "true or false", "bool_parsing": "true or false",
-             "list_type": "a list", "dict_type": "a mapping of keys", "model_type": "a mapping of keys",
-             "checkpoints_type": "a list of checkpoints or a mapping with `glob` or `hf_trainer_dir`"}
-_BOUNDS = {"greater_than": ("greater than", "gt"), "greater_than_equal": ("greater than or equal to", "ge"),
-           "less_than": ("less than", "lt"), "less_than_equal": ("less than or equal to", "le")}
-
-
-def _message(error: ErrorDetails, literals: list[str]) -> str:
-    """What is wrong, in the project's words for the common cases (pydantic's otherwise).
-    ``literals``: the values another branch of a union would take at the same place (``'auto'``)."""
-    kind, ctx, got = error["type"], error.get("ctx", {}), _shown(error["input"])
-    if kind in _EXPECTED:
-        return f"expected {' or '.join([_EXPECTED[kind], *literals])}, got {got}"
-    if kind in _BOUNDS:
-        words, bound = _BOUNDS[kind]
-        return f"must be {words} {ctx[bound]:g}, got {got}"
-    if kind in ("missing", "union_tag_not_found"):
-        return "required key is missing"
-    if kind == "literal_error":  # pydantic writes "'a', 'b' or 'c'"
-        values = ctx["expected"].replace(" or ", ", ")
-        return f"expected {'one of ' if ',' in values else ''}{values}, got {got}"
-    if kind == "union_tag_invalid":
-        key, tags = ctx["discriminator"].strip("'"), ctx["expected_tags"].replace("'", "")
-        return f"unknown {key} {ctx['tag']!r} (expected one of: {tags})"
-    return error["msg"].removeprefix("Value error, ")
-
-
-def _one_line(exc: ValidationError, data: Any, source: str) -> str:
-    # The error at the deepest YAML path is the most specific; at equal depth an unknown key comes
-    # first (it usually explains the others), then pydantic's order (the first union branch).
-    errors = [(_yaml_path(e, data), e) for e in exc.errors()]
-    path, error = max(errors, key=lambda pe: (len(pe[0]), pe[1]["type"] == "unknown_key"))
-    literals = [e["ctx"]["expected"] for p, e in errors
-                if p == path and e["type"] == "literal_error" and e is not error]
-    return f"{source}: {''.join(path) or '<top level>'}: {_message(error, literals)}"
-
-
-def parse_recipe(data: Any, *, base_dir: Path, source: str = "<recipe>") -> Recipe:
-    """Validate already-parsed recipe data; errors name the YAML path of the problem."""
-    if data is None:  # an empty file, or only comments
-        raise RecipeError(f"{source}: the recipe is empty")
-    if not isinstance(data, dict):
-        raise RecipeError(f"{source}: the recipe must be a mapping of keys, got {type(data).__name__}")
-    try:
-        return Recipe.model_validate({**data, "base_dir": base_dir, "source": source})
-    except ValidationError as exc:
-        raise RecipeError(_one_line(exc, data, source)) from None
-
-
-MAX_DEPTH = 100  # levels of nested lists and mappings; a recipe needs about 6
-
-
-class _YAMLRefusal(yaml.YAMLError):
-    """Well-formed YAML that a recipe may not be: ``text`` is the problem at 1-based ``line``."""
-
-    def __init__(self, line: int, text: str) -> None:
-        super().__init__(text)
-        self.line, self.text = line, text
-
-
-class _RecipeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (at any level), nesting
-    deeper than :data:`MAX_DEPTH` (which would exhaust Python's recursion while composing) and an
-    alias inside the node it names (``&a [*a]``: a structure that contains itself)."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self._open: list[str | None] = []  # anchors of the nodes being composed, outermost first
-
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
-        event = self.peek_event()
-        line = event.start_mark.line + 1
-        if isinstance(event, yaml.AliasEvent) and event.anchor in self._open:
-            raise _YAMLRefusal(line, f"alias *{event.anchor} is used inside &{event.anchor} itself (a list or "
-                                     "mapping cannot contain itself)")
-        if len(self._open) == MAX_DEPTH:
-            raise _YAMLRefusal(line, f"nested too deeply (more than {MAX_DEPTH} levels of lists and mappings)")
-        self._open.append(getattr(event, "anchor", None))
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._open.pop()
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        first: dict[Any, yaml.Node] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`; its keys may be overridden
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                earlier = first.setdefault(key, key_node)
-            except TypeError:  # an unhashable key: the base class reports it
-                continue
-            if earlier is not key_node:
-                raise _YAMLRefusal(key_node.start_mark.line + 1, f"duplicate key {key!r} (first at line "
-                                                                f"{earlier.start_mark.line + 1})")
-        return super().construct_mapping(node, deep)
-
-
-def _read_yaml(path: Path) -> Any:
-    """The parsed YAML of a recipe file; every problem is a one-line :class:`RecipeError`."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise RecipeError(f"{path}: cannot read the recipe: {exc.strerror}") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RecipeError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
-    try:
-        return yaml.load(text, Loader=_RecipeLoader)  # a SafeLoader subclass: nothing is constructed but data
-    except _YAMLRefusal as exc:
-        raise RecipeError(f"{path}:{exc.line}: {exc.text}") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{path}{where}: malformed YAML: {problem}") from None
-
-
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and validate a recipe file. Raises :class:`RecipeError` with a one-line message."""
-    path = Path(path)
-    if path.is_dir():
-        raise RecipeError(f"{path}: is a folder, not a recipe file")
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    return parse_recipe(_read_yaml(path), base_dir=path.resolve().parent, source=str(path))
