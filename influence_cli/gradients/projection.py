@@ -24,12 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from influence_cli.gradients.factorized import (
-    FactorizedGradients,
-    Factors,
-    LayerGrads,
-    to_matrix,
-)
+from influence_cli.gradients.factorized import FactorizedGradients
+from influence_cli.gradients.factors import Factors, LayerGrads, to_matrix
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, Inputs, PerExampleGradients
 

@@ -43,7 +43,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from influence_cli.errors import GradientError, RecipeError, first_line
-from influence_cli.gradients.factorized import Factors, LayerGrads
+from influence_cli.gradients.factors import Factors, LayerGrads
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, GradientBatch
 from influence_cli.loading.inputs import code_inputs, content_digest, data_inputs

@@ -16,9 +16,24 @@ from pydantic import ValidationError
 
 from influence_cli.errors import RecipeError
 from influence_cli.recipe.messages import one_line
-from influence_cli.recipe.schema import (ChecksSpec, CheckpointEntry, CheckpointGlob, DataSpec, DataSplit, FactoryData,
-                                         HFTrainerCheckpoints, ImageFolderData, ModelSpec, NoAttackTargetRule,
-                                         ProjectionSpec, Recipe, TensorsData, TextData, TorchvisionData, TransformStep)
+from influence_cli.recipe.schema import (
+    CheckpointEntry,
+    CheckpointGlob,
+    ChecksSpec,
+    DataSpec,
+    DataSplit,
+    FactoryData,
+    HFTrainerCheckpoints,
+    ImageFolderData,
+    ModelSpec,
+    NoAttackTargetRule,
+    ProjectionSpec,
+    Recipe,
+    TensorsData,
+    TextData,
+    TorchvisionData,
+    TransformStep,
+)
 from influence_cli.recipe.strict_yaml import read_yaml
 
 __all__ = ["ChecksSpec", "CheckpointEntry", "CheckpointGlob", "DataSpec", "DataSplit", "FactoryData",

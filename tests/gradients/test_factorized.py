@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fixtures.tiny_models import build_bert, build_cnn, build_mlp
 from torch import nn
 
-from fixtures.tiny_models import build_bert, build_cnn, build_mlp
-from influence_cli.gradients.factorized import Factors, FactorizedGradients, LayerGrads
+from influence_cli.gradients.factorized import FactorizedGradients
+from influence_cli.gradients.factors import Factors, LayerGrads
 from influence_cli.gradients.layers import select_parameters
 from influence_cli.gradients.per_example import PerExampleGradients
 from influence_cli.losses import BUILTIN_LOSSES
@@ -178,7 +179,7 @@ def test_sequence_dot_chunks_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     a, e = torch.randn(6, 3, 30, dtype=torch.float64), torch.randn(6, 3, 20, dtype=torch.float64)
     f = Factors(a, e, bias=True)
     whole = f.dot(f)
-    monkeypatch.setattr("influence_cli.gradients.factorized._CHUNK_ELEMENTS", 10)
+    monkeypatch.setattr("influence_cli.gradients.factors._CHUNK_ELEMENTS", 10)
     assert torch.allclose(f.dot(f), whole, atol=ATOL)
     assert torch.allclose(whole, f.materialize() @ f.materialize().T, atol=ATOL)
 

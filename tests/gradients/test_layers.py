@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from fixtures.tiny_models import build_bert, build_cnn, build_mlp
 from torch import nn
 
-from fixtures.tiny_models import build_bert, build_cnn, build_mlp
 from influence_cli.errors import RecipeError
 from influence_cli.gradients.layers import select_parameters
 

@@ -6,13 +6,13 @@ import warnings
 
 import pytest
 import torch
-
 from conftest import ATOL, RTOL
+from fixtures.tiny_models import build_lstm, build_mlp
+from reference import reference_grads
+
 from influence_cli.gradients.layers import select_parameters
 from influence_cli.gradients.per_example import PerExampleGradients
 from influence_cli.losses import BUILTIN_LOSSES
-from reference import reference_grads
-from fixtures.tiny_models import build_lstm, build_mlp
 
 
 def _flat(reference: dict[str, torch.Tensor], layer_names: tuple[str, ...]) -> torch.Tensor:

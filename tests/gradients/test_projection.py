@@ -5,14 +5,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fixtures.tiny_models import build_cnn
+
 from influence_cli import load_recipe, score
 from influence_cli.errors import RecipeError
-from influence_cli.gradients.factorized import Factors, FactorizedGradients
+from influence_cli.gradients.factorized import FactorizedGradients
+from influence_cli.gradients.factors import Factors
 from influence_cli.gradients.layers import select_parameters
 from influence_cli.gradients.per_example import PerExampleGradients
-from influence_cli.gradients.projection import ProjectedGradients, _CountSketch, _Kronecker
+from influence_cli.gradients.projection import (
+    ProjectedGradients,
+    _CountSketch,
+    _Kronecker,
+)
 from influence_cli.losses import BUILTIN_LOSSES
 from influence_cli.recipe import parse_recipe
 

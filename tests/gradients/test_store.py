@@ -8,12 +8,12 @@ import os
 
 import pytest
 import torch
+from conftest import random_state, save_checkpoint
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from conftest import random_state, save_checkpoint
 from influence_cli import load_recipe, score
-from influence_cli.gradients.factorized import Factors, LayerGrads
+from influence_cli.gradients.factors import Factors, LayerGrads
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads
 from influence_cli.gradients.store import GradientStore, decode, encode
