@@ -111,12 +111,17 @@ def test_other_sources_give_the_same_scores(tiny_recipe, monkeypatch, train):
     ("data.py:nothing", "data.train.factory: 'data.py' has no callable named 'nothing'"),
 ])
 def test_factory_errors(tiny_recipe, factory, message):
+    with pytest.raises(InfluenceError) as info:
+        _factory_split(tiny_recipe, factory)
+    assert info.value.message == message
+
+
+def _factory_split(tiny_recipe, factory: str):
+    """The training split of a tiny recipe whose data comes from ``data.py:<factory>`` (:data:`FACTORY`)."""
     run = tiny_recipe("mlp", n_train=3, n_test=2)
     (run.dir / "data.py").write_text(FACTORY)
     run.rewrite(data={"train": {"format": "factory", "factory": factory}})
-    with pytest.raises(InfluenceError) as info:
-        load_split(load_recipe(run.recipe_path), "train")
-    assert info.value.message == message
+    return load_split(load_recipe(run.recipe_path), "train")
 
 
 @pytest.mark.parametrize("factory, message", [
@@ -125,10 +130,7 @@ def test_factory_errors(tiny_recipe, factory, message):
     ("data.py:text_pairs", "data.train: item inputs must be tensors (or dicts of tensors), got str"),
 ])
 def test_dataset_items_that_are_not_tensors_are_one_line_errors(tiny_recipe, factory, message):
-    run = tiny_recipe("mlp", n_train=3, n_test=2)
-    (run.dir / "data.py").write_text(FACTORY)
-    run.rewrite(data={"train": {"format": "factory", "factory": factory}})
-    examples = load_split(load_recipe(run.recipe_path), "train")
+    examples = _factory_split(tiny_recipe, factory)
     with pytest.raises(DataError) as info:
         examples.batch(torch.arange(2))
     assert info.value.message.startswith(message)  # then PyTorch's own words
