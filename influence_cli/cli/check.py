@@ -8,20 +8,8 @@ from typing import Annotated
 
 import typer
 
-from influence_cli.cli.common import (
-    HtmlOpt,
-    NoCacheOpt,
-    OutOpt,
-    OverwriteOpt,
-    QuietOpt,
-    RecipeArg,
-    checked_output_dir,
-    console,
-    finish,
-    guarded,
-    open_recipe,
-    progress_for,
-)
+from influence_cli.cli.common import HtmlOpt, NoCacheOpt, OutOpt, OverwriteOpt, QuietOpt, RecipeArg
+from influence_cli.cli.common import checked_output_dir, console, finish, guarded, open_recipe, progress_for
 from influence_cli.methods import Choice
 
 

@@ -6,19 +6,8 @@ from typing import Annotated
 
 import typer
 
-from influence_cli.cli.common import (
-    HtmlOpt,
-    NoCacheOpt,
-    OutOpt,
-    OverwriteOpt,
-    QuietOpt,
-    RecipeArg,
-    checked_output_dir,
-    finish,
-    guarded,
-    open_recipe,
-    progress_for,
-)
+from influence_cli.cli.common import HtmlOpt, NoCacheOpt, OutOpt, OverwriteOpt, QuietOpt, RecipeArg
+from influence_cli.cli.common import checked_output_dir, finish, guarded, open_recipe, progress_for
 from influence_cli.methods import DEFAULT_MISLABEL_METHOD, MislabelMethod
 
 MethodOpt = Annotated[MislabelMethod, typer.Option(
