@@ -7,6 +7,7 @@ once; its weights stay on the device for the whole run (C copies of the weights)
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from influence_cli.loading.checkpoints import (
     load_checkpoint,
 )
 from influence_cli.loading.data import load_split
+from influence_cli.loading.learning_rates import GUESSED
 from influence_cli.loading.examples import Examples
 from influence_cli.loading.models import build_model, resolve_device
 from influence_cli.losses import CLASSIFICATION_LOSSES, LossFn, resolve_loss
@@ -46,9 +48,11 @@ class CheckpointInfo:
     path: Path
     learning_rate: float
     sha256: str
+    learning_rate_source: str = "recipe"  # see :mod:`influence_cli.loading.learning_rates`
 
     def to_dict(self) -> dict[str, object]:
-        return {"path": str(self.path), "learning_rate": self.learning_rate, "sha256": self.sha256}
+        return {"path": str(self.path), "learning_rate": self.learning_rate,
+                "learning_rate_source": self.learning_rate_source, "sha256": self.sha256}
 
 
 @dataclass
@@ -92,7 +96,8 @@ class Session:
             state = fit_to_model(model, ckpt, ref.where)
             weights.append({k: (v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device))
                             for k, v in state.items()})
-            infos.append(CheckpointInfo(ref.path, ckpt.learning_rate, ckpt.sha256))
+            infos.append(CheckpointInfo(ref.path, ckpt.learning_rate, ckpt.sha256, ckpt.learning_rate_source))
+        _warn_guessed_rates(infos)
         model = model.to(device)
         train = load_split(recipe, "train")
         test = load_split(recipe, "test") if (need_test or recipe.data.test is not None) else None
@@ -192,6 +197,9 @@ class Session:
         if out.dim() != 2:
             raise DataError(f"{examples.name}: {self.recipe.loss} needs model outputs of shape [B, classes], "
                             f"got {tuple(out.shape)}")
+        names = self.recipe.data.labels
+        if names is not None and len(names) != out.shape[1]:
+            raise RecipeError(f"data.labels: {len(names)} class names for a model with {out.shape[1]} outputs")
         bad = ((labels < 0) | (labels >= out.shape[1])).nonzero()
         if len(bad):
             i = int(bad[0])
@@ -209,3 +217,15 @@ class Session:
             got = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
             raise RecipeError(f"loss: {self.recipe.loss!r} must return one loss per example (shape "
                               f"[{len(y)}] for {len(y)} examples), got {got}")
+
+
+def _warn_guessed_rates(infos: list[CheckpointInfo]) -> None:
+    """One warning when η came from an optimizer whose scheduler state was not saved (it may be the
+    next epoch's rate: see :mod:`influence_cli.loading.learning_rates`)."""
+    guessed = [c for c in infos if c.learning_rate_source == GUESSED]
+    if guessed:
+        warnings.warn(f"{len(guessed)} of {len(infos)} checkpoints: η read from the optimizer state, but a "
+                      "learning-rate scheduler was attached and its state was not saved, so a checkpoint saved "
+                      "after scheduler.step() holds the next epoch's rate (first: "
+                      f"{guessed[0].path}, η = {guessed[0].learning_rate:g}); save scheduler.state_dict() under "
+                      "'scheduler' or set learning_rate in the recipe", stacklevel=3)

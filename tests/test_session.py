@@ -33,9 +33,10 @@ def test_every_checkpoint_is_loaded_with_its_learning_rate_and_hash(tiny_recipe)
     session = _session(run)
     assert session.learning_rates == list(rates)
     assert [c.path for c in session.checkpoints] == run.ckpt_paths
-    for info, path in zip(session.checkpoints, run.ckpt_paths):
+    for info, path, source in zip(session.checkpoints, run.ckpt_paths, ["recipe", "optimizer state", "file"]):
         assert info.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-        assert info.to_dict() == {"path": str(path), "learning_rate": info.learning_rate, "sha256": info.sha256}
+        assert info.to_dict() == {"path": str(path), "learning_rate": info.learning_rate,
+                                  "learning_rate_source": source, "sha256": info.sha256}
     assert len(session.weights) == 3
     for weights, state in zip(session.weights, run.states):
         assert weights.keys() == state.keys()

@@ -38,11 +38,11 @@ from torch import nn
 from influence_cli.errors import CheckpointError, RecipeError, first_line
 from influence_cli.loading.hf_trainer import folder_hint, list_trainer_checkpoints
 from influence_cli.loading.inputs import file_sha256
+from influence_cli.loading.learning_rates import Rate, learning_rate_in
 from influence_cli.loading.refs import CheckpointRef
 from influence_cli.recipe import CheckpointGlob, HFTrainerCheckpoints, Recipe
 
 _STATE_KEYS = ("model_state_dict", "state_dict", "model")
-_OPTIMIZER_KEYS = ("optimizer_state_dict", "optimizer", "optimizer_states")
 _LEGACY_PICKLES = 5  # a pre-zip torch.save: magic number, protocol, sys info, the object, storage keys
 
 
@@ -54,6 +54,7 @@ class Checkpoint:
     learning_rate: float
     state: dict[str, torch.Tensor]
     sha256: str
+    learning_rate_source: str = "recipe"  # see :mod:`influence_cli.loading.learning_rates`
 
 
 def _natural_key(path: str) -> list[Any]:
@@ -158,25 +159,6 @@ def _is_state_dict(obj: Any) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _learning_rate_in(obj: Mapping[str, Any]) -> float | None:
-    for key in ("learning_rate", "lr"):
-        if _number(obj.get(key)):
-            return float(obj[key])
-    for key in _OPTIMIZER_KEYS:
-        opt = obj.get(key)
-        if isinstance(opt, list) and opt:  # Lightning keeps a list of optimizer states
-            opt = opt[0]
-        if isinstance(opt, Mapping):
-            groups = opt.get("param_groups")
-            if isinstance(groups, list) and groups and _number(groups[0].get("lr")):
-                return float(groups[0]["lr"])
-    return None
-
-
 def _strip_prefix(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if state and all(k.startswith(prefix) for k in state):
         return {k[len(prefix):]: v for k, v in state.items()}
@@ -206,18 +188,18 @@ def load_checkpoint(ref: CheckpointRef, *, trust: bool = False) -> Checkpoint:
         state, container = obj[found[0]], obj
     else:
         raise CheckpointError(f"{ref.where}: holds a {type(obj).__name__}, not a state dict")
-    lr = ref.learning_rate
-    if lr == "auto":
-        lr = _learning_rate_in(container)
-        if lr is None:
-            raise CheckpointError(f"{ref.where}: learning_rate is auto but the file has no numeric "
-                                  "learning_rate/lr key or optimizer state; set learning_rate in the recipe")
-        if not (math.isfinite(lr) and lr >= 0):
-            raise CheckpointError(f"{ref.where}: the file's learning rate is {lr}; it must be finite and ≥ 0 "
-                                  "(set learning_rate in the recipe)")
+    auto = ref.learning_rate == "auto"
+    rate = learning_rate_in(container) if auto else Rate(float(ref.learning_rate), ref.learning_rate_source)
+    if rate is None:
+        raise CheckpointError(f"{ref.where}: learning_rate is auto but the file has no numeric "
+                              "learning_rate/lr key, scheduler or optimizer state; set learning_rate in the recipe")
+    if not (math.isfinite(rate.value) and rate.value >= 0):
+        raise CheckpointError(f"{ref.where}: the file's learning rate is {rate.value}; it must be finite and ≥ 0 "
+                              "(set learning_rate in the recipe)")
     if ref.strip_prefix:
         state = _select_prefix(state, ref.strip_prefix, ref.where)
-    return Checkpoint(ref.path, float(lr), _strip_prefix(state, "module."), file_sha256(ref.path))
+    return Checkpoint(ref.path, float(rate.value), _strip_prefix(state, "module."), file_sha256(ref.path),
+                      rate.source)
 
 
 def fit_to_model(model: nn.Module, ckpt: Checkpoint, where: str) -> dict[str, torch.Tensor]:

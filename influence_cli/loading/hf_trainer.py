@@ -97,8 +97,9 @@ def list_trainer_checkpoints(spec: HFTrainerCheckpoints, recipe: Recipe) -> list
     for i, (step, folder) in enumerate(folders):
         where = f"{key}[{i}] ({folder})"
         lr = rates[i] if isinstance(rates, list) else rates
+        source = "recipe" if lr != "auto" else STATE_FILE
         if lr == "auto":
             lr = learning_rate_at(folder / STATE_FILE, step, where)
         refs.append(CheckpointRef(weights_file(folder, trust=recipe.trust_checkpoints, where=where), lr,
-                                  f"{key}[{i}]"))
+                                  f"{key}[{i}]", learning_rate_source=source))
     return refs

@@ -14,6 +14,7 @@ class CheckpointRef:
     learning_rate: float | str
     key: str  # the recipe key, for error messages
     strip_prefix: str | None = None
+    learning_rate_source: str = "recipe"  # where a numeric learning_rate came from (run.json records it)
 
     @property
     def where(self) -> str:

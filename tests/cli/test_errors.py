@@ -102,7 +102,7 @@ CASES = {
                          "checkpoints[1] ({dir}/epoch2.pt): 2.weight has shape (8, 7) but the model expects (8, 8)"),
     "auto-lr-missing": ({}, lambda r: _set_lr(r, 0, "auto"),
                         "checkpoints[0] ({dir}/epoch1.pt): learning_rate is auto but the file has no numeric "
-                        "learning_rate/lr key or optimizer state; set learning_rate in the recipe"),
+                        "learning_rate/lr key, scheduler or optimizer state; set learning_rate in the recipe"),
     "glob-matches-nothing": ({}, lambda r: r.rewrite(checkpoints={"glob": "ckpts/*.pt", "learning_rate": 0.1}),
                              "checkpoints.glob: no file matches 'ckpts/*.pt' in {dir}"),
     "lr-list-length": ({}, lambda r: r.rewrite(checkpoints={"glob": "epoch*.pt", "learning_rate": [0.1, 0.2, 0.3]}),

@@ -111,7 +111,7 @@ def test_fit_to_model_returns_exactly_the_models_keys(tiny_recipe):
 @pytest.mark.parametrize("value, message", [
     (-0.1, "the file's learning rate is -0.1; it must be finite and ≥ 0 (set learning_rate in the recipe)"),
     (float("nan"), "the file's learning rate is nan; it must be finite and ≥ 0 (set learning_rate in the recipe)"),
-    (True, "learning_rate is auto but the file has no numeric learning_rate/lr key or optimizer state; "
+    (True, "learning_rate is auto but the file has no numeric learning_rate/lr key, scheduler or optimizer state; "
            "set learning_rate in the recipe"),
 ])
 def test_a_bad_learning_rate_in_the_file_is_refused(tmp_path, value, message) -> None:
