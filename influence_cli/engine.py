@@ -3,7 +3,10 @@
 Order of work, for C checkpoints, M query and N training examples:
 
 1. ``query_features``: for each checkpoint c, the M query gradients g_c(z′), already weighted by
-   the estimator's w (see :mod:`influence_cli.estimators`): C × M × D numbers, held once.
+   the estimator's w (see :mod:`influence_cli.estimators`): C × M × D numbers, held once. When
+   they exceed the memory budget (``memory_gb``, default half the free memory) :func:`explain`
+   splits the M queries into chunks, one training pass each (training gradients come from the
+   store when ``cache_dir`` is set), with results identical to one pass.
 2. ``train_pass``: for each training batch of B examples and each checkpoint c, the batch's
    gradients g_c(z) are computed once and used for both the score block
    Σ_c η_c ⟨w·g_c(z′), w·g_c(z)⟩ ([M, B]) and the self-influence Σ_c η_c Σ_l w_l²‖g_c^l(z)‖² ([B]).
@@ -16,6 +19,7 @@ complete before top-k selection; every checkpoint's weights therefore stay loade
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -79,6 +83,27 @@ class TrainPassResult:
                    column_best=rows("column_best"))
 
 
+    @classmethod
+    def stack(cls, parts: list["TrainPassResult"], column_best: int, rows: int) -> "TrainPassResult":
+        """One result from passes over the same training examples for consecutive chunks of ``rows``
+        query examples: top-k lists and matrix stacked along the queries; ``column_best`` (each training
+        example's r best query rows) re-selected over all chunks, its rows offset by each chunk's start."""
+        if len(parts) == 1:
+            return parts[0]
+        first = parts[0]
+        pairs = lambda name: [getattr(p, name) for p in parts]  # noqa: E731
+        side = lambda name: (torch.cat([v for v, _ in pairs(name)]), torch.cat([i for _, i in pairs(name)]))  # noqa: E731
+        best = None
+        if column_best:
+            values = torch.cat([v for v, _ in pairs("column_best")], dim=1)
+            where = torch.cat([i + n * rows for n, (_, i) in enumerate(pairs("column_best"))], dim=1)
+            top = values.topk(min(column_best, values.shape[1]), dim=1)
+            best = (top.values, where.gather(1, top.indices))
+        return cls(indices=first.indices, self_influence=first.self_influence, proponents=side("proponents"),
+                   opponents=side("opponents"),
+                   matrix=None if first.matrix is None else torch.cat(pairs("matrix")), column_best=best)
+
+
 def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
                       finite: list[tuple[int, torch.Tensor]]) -> None:
     """Name the first example and checkpoint whose gradient is NaN or infinite.
@@ -128,14 +153,48 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def _check_query_fits(session: Session, need: float) -> None:
-    """Refuse, before hours of work, a query side (C × M weighted gradients) that cannot fit."""
+def query_budget(session: Session) -> float | None:
+    """Bytes the query side may hold: the recipe's ``memory_gb``, else half the free memory of the
+    device (``None`` when that cannot be read)."""
+    if session.recipe.memory_gb is not None:
+        return session.recipe.memory_gb * 2**30
     free = available_memory(session.device)
-    if free is not None and need > 0.8 * free:
+    return None if free is None else 0.5 * free
+
+
+def _query_bytes(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> float:
+    """Bytes one query example's weighted gradients take over all C checkpoints, measured on the first
+    batch at the first checkpoint (the representation, factors or dense, is the same at every c)."""
+    idx = indices[:session.recipe.batch_size]
+    x, _ = session.test.batch(idx)  # type: ignore[union-attr]
+    x, y = session.to_device(x, labels[:len(idx)])
+    feats, _, _ = _weighted(session, method, 0, x, y)
+    return _nbytes(feats) / len(idx) * len(session.weights)
+
+
+def query_chunk(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many query examples one chunk holds: all M when C·M·d bytes fit :func:`query_budget`, else
+    ⌊budget / (C·d)⌋, said once in a warning; not even one fitting is an error."""
+    budget, m = query_budget(session), len(indices)
+    if budget is None or m == 0:
+        return m
+    per_example = _query_bytes(session, method, indices, labels)
+    chunk = int(budget // per_example) if per_example > 0 else m
+    if chunk >= m:
+        return m
+    gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731
+    where = "`memory_gb`" if session.recipe.memory_gb is not None else f"half the free memory of {session.device}"
+    if chunk == 0:
         raise InfluenceError(
-            f"the test side needs about {need / 2**30:.1f} GiB ({len(session.weights)} checkpoints × the selected "
-            f"test examples' gradients) but {free / 2**30:.1f} GiB is free on {session.device}; explain fewer "
-            "test examples per run (--test-indices), select fewer `layers`, or set `projection: {dim: K}`")
+            f"one test example's gradients over {len(session.weights)} checkpoints take {gib(per_example)}, more "
+            f"than the test side's budget ({gib(budget)}: {where}); raise `memory_gb`, select fewer `layers`, or set "
+            "`projection: {dim: K}`")
+    passes = -(-m // chunk)
+    source = "read from the gradient store" if session.store is not None else "recomputed"
+    warnings.warn(f"the test side needs about {gib(per_example * m)} ({len(session.weights)} checkpoints × {m} test "
+                  f"examples), more than its budget ({gib(budget)}: {where}): explaining them in {passes} chunks "
+                  f"of at most {chunk}, one training pass each (training gradients {source} per chunk)", stacklevel=3)
+    return chunk
 
 
 def query_features(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor,
@@ -155,8 +214,6 @@ def query_features(session: Session, method: Method, indices: torch.Tensor, labe
                 feats, _, finite = _weighted(session, method, c, x, y)
                 if not bool(finite.all()):
                     _raise_non_finite(session, session.test, idx, [(c, finite)])
-                if c == 0 and start == 0:
-                    _check_query_fits(session, _nbytes(feats) / len(idx) * len(indices) * len(session.weights))
                 parts.append(feats)
                 advance(len(idx))
             per_checkpoint.append(type(parts[0]).cat(parts))
@@ -237,3 +294,18 @@ def local_train_pass(session: Session, method: Method, query: QueryFeatures | No
         matrix=torch.cat(blocks, dim=1) if keep_matrix and m else None,
         column_best=(torch.cat([v for v, _ in col_parts]), torch.cat([i for _, i in col_parts])) if r else None,
     )
+
+
+def explain(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor, *, k: int = 10,
+            keep_matrix: bool = False, column_best: int = 0, progress: Progress | None = None) -> TrainPassResult:
+    """Score every training example against the query examples ``indices`` (test split, losses at
+    ``labels``): :func:`query_features` then :func:`train_pass`, in chunks of queries when the query
+    side C·M·d exceeds :func:`query_budget` (:func:`query_chunk`). Rows are independent, so the
+    top-k lists and the matrix equal one unchunked pass; ``column_best`` is merged over chunks."""
+    chunk = query_chunk(session, method, indices, labels)
+    parts = []
+    for start in range(0, len(indices), chunk):
+        query = query_features(session, method, indices[start:start + chunk], labels[start:start + chunk], progress)
+        parts.append(train_pass(session, method, query, k=k, keep_matrix=keep_matrix, progress=progress,
+                                column_best=column_best))
+    return TrainPassResult.stack(parts, column_best, chunk)

@@ -14,17 +14,18 @@ from typing import Any, Sequence
 
 import torch
 
-from influence_cli.engine import TrainPassResult, query_features, train_pass
+from influence_cli.engine import TrainPassResult, explain
 from influence_cli.errors import InfluenceError, ParameterError
+from influence_cli.frames import ToPandas
 from influence_cli.methods import Method, TestLabels, choose
-from influence_cli.progress import Progress
+from influence_cli.progress import ProgressLike, as_progress
 from influence_cli.recipe import Recipe
 from influence_cli.selection import check_indices, plain
 from influence_cli.session import Session
 
 
 @dataclass
-class InfluenceResult:
+class InfluenceResult(ToPandas, records="test", explode=("proponents", "opponents")):
     """Top-k proponents (largest scores) and opponents (smallest) per test example."""
 
     method: Method
@@ -35,22 +36,44 @@ class InfluenceResult:
     predictions: torch.Tensor | None
     passes: TrainPassResult
 
+    @property
+    def proponents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, training indices), each [M, k]: row i holds the k largest scores of test example
+        ``test_indices[i]``, largest first."""
+        assert self.passes.proponents is not None
+        return self.passes.proponents
+
+    @property
+    def opponents(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(scores, training indices), each [M, k]: row i holds the k smallest scores, smallest first."""
+        assert self.passes.opponents is not None
+        return self.passes.opponents
+
+    @property
+    def matrix(self) -> torch.Tensor:
+        """The full score matrix, [M, N] on the CPU: entry [i, j] is I(z_j, z′) for the test example
+        z′ = ``test_indices[i]`` and training example j (columns in training-set order). Kept only by
+        ``score(..., keep_matrix=True)`` (M × N numbers); otherwise an :class:`InfluenceError`."""
+        if self.passes.matrix is None:
+            raise InfluenceError("the full matrix was not kept: call score(..., keep_matrix=True)")
+        return self.passes.matrix
+
     def to_dict(self) -> dict[str, Any]:
         """The stable machine-readable layout written to ``influence.json``."""
         train, test = self.session.train, self.session.test
         assert test is not None and self.passes.proponents is not None and self.passes.opponents is not None
 
         def side(values: torch.Tensor, indices: torch.Tensor) -> list[dict[str, Any]]:
-            return [{"train_index": i, "score": v, "label": plain(train.labels[i]), **train.description(i)}
-                    for v, i in zip(values.tolist(), indices.tolist())]
+            return [{"train_index": i, "score": v, **train.label_fields("label", plain(train.labels[i])),
+                     **train.description(i)} for v, i in zip(values.tolist(), indices.tolist())]
 
         tests = []
         for row, t in enumerate(self.test_indices.tolist()):
             tests.append({
                 "test_index": t,
-                "label": plain(self.given_labels[row]) if self.session.test.labeled else None,
-                "prediction": None if self.predictions is None else plain(self.predictions[row]),
-                "loss_label": plain(self.loss_labels[row]),
+                **test.label_fields("label", plain(self.given_labels[row]) if test.labeled else None),
+                **test.label_fields("prediction", None if self.predictions is None else plain(self.predictions[row])),
+                **test.label_fields("loss_label", plain(self.loss_labels[row])),
                 **test.description(t),
                 "proponents": side(self.passes.proponents[0][row], self.passes.proponents[1][row]),
                 "opponents": side(self.passes.opponents[0][row], self.passes.opponents[1][row]),
@@ -65,13 +88,15 @@ class InfluenceResult:
 
 def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
           test_indices: Sequence[int] | None = None, test_labels: TestLabels | str = TestLabels.GIVEN,
-          k: int = 10, keep_matrix: bool = False, progress: Progress | None = None) -> InfluenceResult:
+          k: int = 10, keep_matrix: bool = False, progress: ProgressLike | None = None) -> InfluenceResult:
     """Score every training example against each selected test example and keep the top-k.
 
     Scores are I(z, z′) = Σ_c η_c Σ_l w_l(g_c(z)) w_l(g_c(z′)) ⟨g_c^l(z), g_c^l(z′)⟩ (see
-    :mod:`influence_cli.estimators`). ``keep_matrix`` also keeps the full [M, N] matrix.
+    :mod:`influence_cli.estimators`). ``keep_matrix`` also keeps the full [M, N] matrix
+    (:attr:`InfluenceResult.matrix`). ``progress``: see :mod:`influence_cli.progress`.
     """
     method, test_labels = choose(Method, method, "method"), choose(TestLabels, test_labels, "test_labels")
+    progress = as_progress(progress)
     if k < 1:
         raise ParameterError("k", f"must be at least 1, got {k}")
     session = Session.of(recipe, need_test=True)
@@ -90,6 +115,5 @@ def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
                              "with `test_labels` predicted")
     else:
         loss_labels = given
-    query = query_features(session, method, idx, loss_labels, progress)
-    passes = train_pass(session, method, query, k=k, keep_matrix=keep_matrix, progress=progress)
+    passes = explain(session, method, idx, loss_labels, k=k, keep_matrix=keep_matrix, progress=progress)
     return InfluenceResult(method, session, idx, loss_labels, given, predictions, passes)

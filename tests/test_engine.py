@@ -11,6 +11,7 @@ import torch
 
 from conftest import ATOL, RTOL, TinyRun
 from influence_cli import Session, load_recipe
+from influence_cli import engine
 from influence_cli.engine import QueryFeatures, TrainPassResult, query_features, train_pass
 from influence_cli.errors import GradientError
 from influence_cli.methods import Method
@@ -161,3 +162,25 @@ def test_a_non_finite_gradient_at_a_later_checkpoint_names_that_checkpoint(tiny_
     state["4.weight"] = torch.full_like(state["4.weight"], 1e308, dtype=torch.float64)  # each logit ≈ 8e308 = inf
     torch.save(state, run.ckpt_paths[1])
     assert _gradient_error(run, call) == _not_finite(split, 0, run, 1)
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_a_query_side_over_budget_is_explained_in_chunks_with_identical_results(tiny_recipe, tmp_path, store):
+    """memory_gb so small that 2 of the 5 test examples fit: 3 chunks, one warning, the same top-k,
+    matrix and per-training-example best rows as one pass (with a gradient store, chunks reuse it)."""
+    run = tiny_recipe("cnn", n_train=9, n_test=5, batch_size=2, **({"cache_dir": "grads"} if store else {}))
+    whole = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
+    idx, labels = torch.arange(5), whole.test.labels[:5]
+    one = engine.explain(whole, Method.GAS_L, idx, labels, k=3, keep_matrix=True, column_best=2)
+    per_example = engine._query_bytes(whole, Method.GAS_L, idx, labels)
+    run.rewrite(memory_gb=2.5 * per_example / 2**30)
+    chunked = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
+    with pytest.warns(UserWarning, match=r"explaining them in 3 chunks of at most 2, one training pass each") as said:
+        parts = engine.explain(chunked, Method.GAS_L, idx, labels, k=3, keep_matrix=True, column_best=2)
+    assert len([w for w in said if "chunks" in str(w.message)]) == 1
+    for got, want in ((parts.proponents, one.proponents), (parts.opponents, one.opponents),
+                      (parts.column_best, one.column_best)):
+        torch.testing.assert_close(got[0], want[0], rtol=RTOL, atol=ATOL)
+        assert torch.equal(got[1], want[1])
+    torch.testing.assert_close(parts.matrix, one.matrix, rtol=RTOL, atol=ATOL)
+    torch.testing.assert_close(parts.self_influence, one.self_influence, rtol=RTOL, atol=ATOL)

@@ -58,8 +58,9 @@ from typing import Any, Sequence
 
 import torch
 
-from influence_cli.engine import TrainPassResult, query_features, train_pass
+from influence_cli.engine import TrainPassResult, explain
 from influence_cli.errors import InfluenceError, ParameterError
+from influence_cli.frames import ToPandas
 from influence_cli.methods import (
     DEFAULT_TARGET_K,
     DEFAULT_TARGET_MIN_SHARE,
@@ -68,7 +69,7 @@ from influence_cli.methods import (
     Method,
     choose,
 )
-from influence_cli.progress import Progress
+from influence_cli.progress import ProgressLike, as_progress
 from influence_cli.recipe import Recipe
 from influence_cli.selection import check_indices, plain
 from influence_cli.session import Session
@@ -76,7 +77,7 @@ from influence_cli.stats import robust_z
 
 
 @dataclass
-class TargetResult:
+class TargetResult(ToPandas, records="test"):
     """Anomaly scores of every candidate, flags, and the suspects of the flagged ones."""
 
     method: Method
@@ -123,19 +124,21 @@ class TargetResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The stable layout of ``targets.json``: all candidates, most anomalous first."""
-        labels = self.session.train.labels
+        train, test = self.session.train, self.session.test
+        assert test is not None
         tests = []
         for rank, row in enumerate(self.order.tolist(), start=1):
-            flagged = bool(self.flagged[row])
+            flagged, t = bool(self.flagged[row]), int(self.test_indices[row])
             tests.append({
-                "test_index": int(self.test_indices[row]),
+                "test_index": t,
                 "anomaly_score": float(self.anomaly[row]),
                 "rank": rank,
                 "flagged": flagged,
-                "prediction": plain(self.predictions[row]),
-                "label": plain(self.labels[row]),
-                "suspects": [{"train_index": j, "score": v, "label": plain(labels[j])}
-                             for j, v in (self.suspects(row) if flagged else [])],
+                **test.label_fields("prediction", plain(self.predictions[row])),
+                **test.label_fields("label", plain(self.labels[row])),
+                **test.description(t),
+                "suspects": [{"train_index": j, "score": v, **train.label_fields("label", plain(train.labels[j])),
+                              **train.description(j)} for j, v in (self.suspects(row) if flagged else [])],
             })
         return {"method": str(self.method), "recipe": self.session.recipe.to_dict(), "test": tests}
 
@@ -185,7 +188,7 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
                     threshold: float = DEFAULT_TARGET_THRESHOLD,
                     share_threshold: float = DEFAULT_TARGET_SHARE_THRESHOLD,
                     min_share: float = DEFAULT_TARGET_MIN_SHARE, misclassified_only: bool = True,
-                    progress: Progress | None = None) -> TargetResult:
+                    progress: ProgressLike | None = None) -> TargetResult:
     """Rank the candidate test examples by anomaly score and flag likely attack targets.
 
     anomaly_score_i = z(z(e)_i + z(−o)_i); flagged ⇔ anomaly_score_i > ``threshold``, or anomaly_score_i
@@ -194,7 +197,7 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
     proponents, z the median/MAD z-score over the candidates (formulas in the module docstring).
     Influence is taken at each candidate's predicted label.
     """
-    method = choose(Method, method, "method")
+    method, progress = choose(Method, method, "method"), as_progress(progress)
     if k < 1:
         raise ParameterError("k", f"must be at least 1, got {k}")
     if not threshold > 0:
@@ -215,8 +218,7 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
         raise ParameterError("test_indices", f"target-identify compares candidates; give at least 3 distinct "
                              f"test examples (got {len(idx)})")
     predictions = session.predict(session.test, idx)[0]
-    query = query_features(session, method, idx, predictions, progress)
-    passes = train_pass(session, method, query, k=k, progress=progress, column_best=2)
+    passes = explain(session, method, idx, predictions, k=k, progress=progress, column_best=2)
     assert passes.proponents is not None
     margin = passes.proponents[0] - best_other(passes)
     excess, overlap = margin.mean(1).double(), peer_overlap(passes, predictions)
