@@ -108,6 +108,8 @@ def test_recipe_is_frozen():
     ({"dtype": "float16"}, "r.yaml: dtype: expected one of 'float32', 'float64', 'bfloat16', got 'float16'"),
     ({"model": {"factory": "a.py:b", "task": "tagging"}},
      "r.yaml: model.task: expected 'sequence-classification', got 'tagging'"),
+    ({"model": {"torchvision": "resnet18", "task": "sequence-classification"}},
+     "r.yaml: model.task: applies to `transformers` models only"),
     ({"layers": "fc"}, "r.yaml: layers: expected a list, got 'fc'"),
     ({"trust_checkpoints": "maybe"}, "r.yaml: trust_checkpoints: expected true or false, got 'maybe'"),
     ({"projection": {"dim": 8, "sed": 1}}, "r.yaml: projection.sed: unknown key (did you mean 'seed'?)"),
@@ -117,6 +119,45 @@ def test_one_line_errors_name_the_yaml_path(changes, message):
         _parse(**changes)
     assert info.value.message == message
     assert info.value.exit_code == 2
+
+
+def test_task_is_recorded_for_transformers_models_only():
+    """The recipe echo (run.json, reports) shows a transformers head, and no head for other models."""
+    assert "task" not in _parse(model={"torchvision": "resnet18"}).to_dict()["model"]
+    assert _parse(model={"factory": "m.py:f"}).model.task is None
+    assert _parse(model={"transformers": "m"}).to_dict()["model"]["task"] == "sequence-classification"
+
+
+@pytest.mark.parametrize("written, indices", [
+    ("0:5", [0, 1, 2, 3, 4]), ("0,3,7", [0, 3, 7]), ("0:2, 9", [0, 1, 9]), (":3", [0, 1, 2]), (7, [7]),
+    ([4, 2], [4, 2]),
+])
+@pytest.mark.parametrize("key", ["test_indices", "candidates"])
+def test_attack_rule_indices_take_the_test_indices_syntax(key, written, indices):
+    r = _parse(checks={"no_attack_target": {key: written}})
+    assert getattr(r.checks.no_attack_target, key) == indices
+    assert r.to_dict()["checks"]["no_attack_target"][key] == indices  # recorded as a list
+
+
+@pytest.mark.parametrize("written, words", [
+    ("0:x", "cannot read '0:x'; use '0,3,7', '0:100' (end exclusive) or a mix ('0:10,15')"),
+    ("3:3", "selects no test example"), ([], "selects no test example"),
+    ("-2:1", "must be greater than or equal to 0, got -2"), (True, "expected a list, got true"),
+])
+def test_bad_attack_rule_indices_name_the_key(written, words):
+    with pytest.raises(RecipeError) as info:
+        _parse(checks={"no_attack_target": {"candidates": written}})
+    assert info.value.message == f"r.yaml: checks.no_attack_target.candidates: {words}"
+
+
+def test_unquoted_ranges_are_strings_not_base_60_numbers(tmp_path):
+    """YAML 1.1 reads `10:20` as 620; a recipe reads it as the range it looks like (YAML 1.2)."""
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL) + "checks:\n  no_attack_target: {test_indices: 10:12, candidates: 0:3}\n"
+                    "batch_size: 12\n")
+    rule = load_recipe(path).checks.no_attack_target
+    assert (rule.test_indices, rule.candidates) == ([10, 11], [0, 1, 2])
+    assert load_recipe(path).batch_size == 12
 
 
 def test_model_needs_exactly_one_source():

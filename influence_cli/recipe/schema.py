@@ -12,18 +12,22 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
     NonNegativeInt,
     PositiveInt,
     Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from influence_cli.errors import ParameterError
 from influence_cli.methods import Method, MislabelMethod
+from influence_cli.selection import parse_indices
 
 
 class _Section(BaseModel):
@@ -52,12 +56,21 @@ class ModelSpec(_Section):
     text data; built for ``task`` from its config, offline).
     """
 
-    factory: str | None = Field(None, description='"pkg.module:callable" or "file.py:callable"')
-    torchvision: str | None = Field(None, description="torchvision.models name, e.g. resnet18")
-    transformers: str | None = Field(None, description="local Hugging Face model folder (config.json, tokenizer)")
-    task: Literal["sequence-classification"] = Field("sequence-classification",
-                                                     description="transformers head (AutoModelFor<Task>)")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments")
+    factory: str | None = Field(None, description='a callable returning the untrained `nn.Module`: "pkg.module:callable" '
+                                                  'or "file.py:callable" (relative to the recipe)')
+    torchvision: str | None = Field(None, description="a `torchvision.models` name, e.g. resnet18, built with "
+                                                      "`weights=None` (no download)")
+    transformers: str | None = Field(
+        None, description="a local Hugging Face model folder (`config.json`; the tokenizer for text data). An untrained "
+                          "`AutoModelForSequenceClassification` is built from its config with `local_files_only` "
+                          "(nothing downloads); the checkpoints supply the weights. Attention defaults to `eager`")
+    task: Literal["sequence-classification"] | None = Field(
+        None, description="the transformers head (`AutoModelFor<Task>`; its logits go to `loss`): "
+                          "sequence-classification, the only one so far and the default for `transformers` models; "
+                          "not allowed with the others")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description=(
+        "keyword arguments of the factory or the torchvision builder; for `transformers`, overrides of config "
+        "settings (e.g. `attn_implementation: sdpa`; an unknown setting is an error)"))
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> "ModelSpec":
@@ -66,6 +79,22 @@ class ModelSpec(_Section):
             raise ValueError("give exactly one of `factory`, `torchvision` or `transformers`")
         return self
 
+    @field_validator("task")
+    @classmethod
+    def _task_of_transformers(cls, task: str | None, info: ValidationInfo) -> str | None:
+        if task is not None and not info.data.get("transformers"):
+            raise ValueError("applies to `transformers` models only")
+        return task
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_task(cls, data: Any) -> Any:
+        """A transformers model's head defaults to sequence-classification (recorded in run.json);
+        other models have no ``task``."""
+        if isinstance(data, dict) and data.get("transformers") and data.get("task") is None:
+            return {**data, "task": "sequence-classification"}
+        return data
+
 
 # η_c: finite and ≥ 0 (negative would flip every score's sign); YAML `true` is not a number
 Rate = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | Annotated[int, Field(ge=0, strict=True)]
@@ -73,59 +102,86 @@ LearningRate = Union[Rate, Literal["auto"]]
 
 
 class CheckpointEntry(_Section):
-    """One checkpoint file and its learning rate η_c (``auto``: read it from the file)."""
+    """One checkpoint file and its learning rate η_c (``auto``: read it from the file).
 
-    path: str
-    learning_rate: LearningRate = "auto"
-    strip_prefix: str | None = Field(None, description="keep only state-dict keys with this prefix, stripped "
-                                                       "(Lightning: the LightningModule attribute, e.g. 'model.')")
+    A checkpoint is a plain state dict, a dict with ``model_state_dict``/``state_dict``/``model`` (plus
+    optional ``optimizer_state_dict``, ``learning_rate``/``lr``), or a ``.safetensors`` state dict; a
+    ``module.`` prefix (DDP) is stripped. Every floating tensor the model takes (weights and buffers
+    such as BatchNorm statistics) must be finite, also in the recipe's ``dtype``: a NaN/inf is an error
+    naming the file and the tensor. A folder is an error (for a Trainer's ``checkpoint-<step>/`` it
+    suggests ``hf_trainer_dir``)."""
+
+    path: str = Field(description="the checkpoint file (relative to the recipe)")
+    learning_rate: LearningRate = Field("auto", description=(
+        "η_c ≥ 0 (a negative rate, which would flip every score, is an error) or `auto`: the file's "
+        "`learning_rate`/`lr`, else its optimizer state's first param group; neither is an error naming the file, "
+        "never a silent 1.0"))
+    strip_prefix: str | None = Field(None, description=(
+        "keep only the state-dict keys starting with this prefix, stripped; other keys are dropped. PyTorch "
+        "Lightning `.ckpt`: the LightningModule attribute holding the network (`model.` for `self.model`), and "
+        "`optimizer_states` give `learning_rate: auto`. A prefix that matches no key is an error"))
 
 
 class CheckpointGlob(_Section):
     """All files matching ``glob`` (natural sort order: epoch2 before epoch10)."""
 
-    glob: str
-    learning_rate: LearningRate | list[Rate] = "auto"
+    glob: str = Field(description="a file pattern (relative to the recipe); every match is a checkpoint, in natural "
+                                  "order")
+    learning_rate: LearningRate | list[Rate] = Field("auto", description="one η for every file, a list (one per file) "
+                                                                        "or `auto` (per file, as for one entry)")
     strip_prefix: str | None = Field(None, description="as for a single checkpoint entry")
 
 
 class HFTrainerCheckpoints(_Section):
     """Every ``checkpoint-<step>/`` folder a ``transformers.Trainer`` run wrote into ``hf_trainer_dir``
-    (by step); η_c ``auto`` is read from each folder's ``trainer_state.json``."""
+    (by step); η_c ``auto`` is read from each folder's ``trainer_state.json``.
 
-    hf_trainer_dir: str
-    learning_rate: LearningRate | list[Rate] = "auto"
+    Each folder's ``model.safetensors`` is read (``pytorch_model.bin`` only with ``trust_checkpoints:
+    true``; sharded ``*.index.json`` checkpoints are refused). With ``auto``, the checkpoint at step S
+    gets η_c = the ``learning_rate`` of the last ``log_history`` entry with step ≤ S in its
+    ``trainer_state.json``; a missing file, or no rate at or before S, is an error naming the file."""
+
+    hf_trainer_dir: str = Field(description="a `transformers.Trainer` `output_dir` (relative to the recipe)")
+    learning_rate: LearningRate | list[Rate] = Field("auto", description="`auto`, one number, or a list (one per "
+                                                                        "`checkpoint-<step>/` folder)")
 
 
 class TensorsData(_Section):
     """A ``.pt`` or ``.safetensors`` file holding an ``inputs`` and a ``labels`` tensor."""
 
-    format: Literal["tensors"]
-    path: str
-    inputs_key: str = "inputs"
-    labels_key: str = "labels"
+    format: Literal["tensors"] = Field(description="selects this form")
+    path: str = Field(description="the file (relative to the recipe)")
+    inputs_key: str = Field("inputs", description="its entry holding the inputs [N, ...]: a tensor, or a dict of "
+                                                  "tensors (token ids, attention mask)")
+    labels_key: str = Field("labels", description="its entry holding the labels [N]; a test file without it needs "
+                                                  "`score --test-labels predicted` (its reports show `label: null`)")
 
 
 class FactoryData(_Section):
     """A callable returning a ``torch.utils.data.Dataset`` of (input, label) pairs, or a tuple
     ``(inputs, labels)`` of tensors."""
 
-    format: Literal["factory"]
-    factory: str
-    kwargs: dict[str, Any] = Field(default_factory=dict)
+    format: Literal["factory"] = Field(description="selects this form")
+    factory: str = Field(description='"pkg.module:callable" or "file.py:callable" (relative to the recipe); inputs '
+                                     "may be a dict of tensors")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
 
 
 class TextData(_Section):
     """A ``.jsonl`` or ``.csv`` file of texts (and optional text pairs) with labels, tokenised per
-    batch by the tokenizer of ``model.transformers`` (or ``tokenizer``) with dynamic padding."""
+    batch by the tokenizer of ``model.transformers`` (or ``tokenizer``) with dynamic padding.
 
-    format: Literal["jsonl", "csv"]
-    path: str
-    text_column: str = "text"
-    text_pair_column: str | None = None
-    label_column: str = "label"
-    max_length: PositiveInt = 512
-    truncation: bool = True
+    One row per example; each batch is padded to its own longest row. Only the inputs the model's
+    ``forward`` takes are passed (no ``token_type_ids`` for DistilBERT)."""
+
+    format: Literal["jsonl", "csv"] = Field(description="selects this form")
+    path: str = Field(description="the file (relative to the recipe)")
+    text_column: str = Field("text", description="column of the text")
+    text_pair_column: str | None = Field(None, description="column of a pair's second text; null = single texts")
+    label_column: str = Field("label", description="column of the label: a string goes through the config's "
+                                                   "`label2id`, else it must be an integer class id")
+    max_length: PositiveInt = Field(512, description="tokens kept per example (with `truncation`)")
+    truncation: bool = Field(True, description="truncate rows longer than `max_length`")
     tokenizer: str | None = Field(None, description="tokenizer folder; default: model.transformers")
 
 
@@ -134,23 +190,29 @@ TransformStep = Union[str, dict[str, Any]]
 
 class ImageFolderData(_Section):
     """``root/<class>/<image>`` files, classes numbered in sorted folder-name order (torchvision
-    ``ImageFolder``)."""
+    ``ImageFolder``).
 
-    format: Literal["imagefolder"]
-    root: str
+    Class ids come from the sorted folder names **of the training root**, so a test folder with fewer
+    classes keeps the training numbering (a test class unknown to training is an error)."""
+
+    format: Literal["imagefolder"] = Field(description="selects this form")
+    root: str = Field(description="the folder of class folders (relative to the recipe)")
     extensions: list[str] | None = Field(None, description="e.g. ['.png']; default: torchvision's image types")
-    transform: list[TransformStep] | None = Field(None, description="torchvision.transforms.v2 steps; "
-                                                                    "default [to_tensor]")
+    transform: list[TransformStep] | None = Field(None, description="deterministic `torchvision.transforms.v2` "
+                                                                    "steps (see [Transform steps](#transform-steps)); default [to_tensor]")
 
 
 class TorchvisionData(_Section):
-    """A ``torchvision.datasets`` class read from a local ``root``; downloading is refused."""
+    """A ``torchvision.datasets`` class read from a local ``root``; downloading is refused.
 
-    format: Literal["torchvision"]
+    Built as ``torchvision.datasets.<name>(root, transform, **kwargs)`` from local files; ``download: true``
+    is refused."""
+
+    format: Literal["torchvision"] = Field(description="selects this form")
     name: str = Field(description="torchvision.datasets class, e.g. MNIST, CIFAR10")
-    root: str | None = None
+    root: str | None = Field(None, description="the dataset's local folder (relative to the recipe)")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="e.g. {train: false} or {split: test}")
-    transform: list[TransformStep] | None = None
+    transform: list[TransformStep] | None = Field(None, description="as for imagefolder; default [to_tensor]")
 
 
 DataSplit = Annotated[Union[TensorsData, FactoryData, TextData, ImageFolderData, TorchvisionData],
@@ -160,18 +222,45 @@ DataSplit = Annotated[Union[TensorsData, FactoryData, TextData, ImageFolderData,
 class DataSpec(_Section):
     """The training split (required) and the test split (needed by ``score``)."""
 
-    train: DataSplit
-    test: DataSplit | None = None
+    train: DataSplit = Field(description="the training split: one of the five formats below, chosen by `format`")
+    test: DataSplit | None = Field(None, description="the test split (same formats); needed by `score`, "
+                                                     "`target-identify` and `no_attack_target`")
+    labels: list[str] | None = Field(None, description="class names by id (e.g. [cat, dog]) for data that does "
+                                                       "not name its classes (tensors, factory)")
+
+
+def _index_spec(value: Any) -> Any:
+    """Test indices as written in a recipe: a list, one integer, or an index spec string
+    ('0,3,7', '0:100', a mix), read by the same parser as ``--test-indices``."""
+    if isinstance(value, str):
+        try:
+            value = parse_indices(value)
+        except ParameterError as exc:
+            raise ValueError(exc.detail) from None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = [value]
+    if isinstance(value, list) and not value:
+        raise ValueError("selects no test example")
+    return value
+
+
+#: Test indices: a list (``[0, 17, 42]``), one integer or an index spec (``"0:50"``, ``"0,3,7"``, ``"0:10,15"``).
+TestIndices = Annotated[list[NonNegativeInt], BeforeValidator(_index_spec)]
 
 
 class NoAttackTargetRule(_Section):
-    """``no_attack_target``: target identification flags none of the watched test examples."""
+    """``no_attack_target``: target identification flags none of the watched test examples.
 
-    test_indices: list[NonNegativeInt] | None = Field(
-        None, description="watched test examples (e.g. the ones a release must get right); null = every candidate")
-    candidates: list[NonNegativeInt] | None = Field(
+    Indices are a list (``[0, 17, 42]``) or an index spec string, as for ``--test-indices``:
+    ``"0,3,7"``, ``"0:100"`` (end exclusive) or a mix (``"0:10,15"``)."""
+
+    test_indices: TestIndices | None = Field(
+        None, description="watched test examples (e.g. the ones a release must get right), a list or an index spec "
+                          "('0:50'); null = every candidate")
+    candidates: TestIndices | None = Field(
         None, description="test examples the watched ones are compared with (target-identify's anomaly score is "
-                          "relative to them; the watched ones are always included); null = the whole test split")
+                          "relative to them; the watched ones are always included), a list or an index spec; "
+                          "null = the whole test split")
     method: Method = Field(Method.GAS_L, description="target-identify estimator")
 
 
@@ -183,7 +272,8 @@ class ChecksSpec(_Section):
     """
 
     baseline: str | None = Field(None, description="baseline JSON of accepted flagged examples, relative to the "
-                                                   "recipe (`--baseline` overrides)")
+                                                   "recipe (`--baseline` overrides); until `--update-baseline` "
+                                                   "first writes it, a missing file is an empty baseline (a warning)")
     mislabel_method: MislabelMethod | None = Field(None, description="mislabel-detect method; null = its default")
     max_flagged_mislabel_fraction: float | None = Field(
         None, ge=0, le=1, description="rule: flagged mislabels / N ≤ this")
@@ -251,25 +341,45 @@ Checkpoints = Annotated[Union[Annotated[list[CheckpointEntry], AfterValidator(_s
 
 
 class Recipe(_Section):
-    """A whole recipe. ``base_dir`` is the folder relative paths are resolved against."""
+    """A whole recipe. ``base_dir`` is the folder relative paths are resolved against.
 
-    model: ModelSpec
-    checkpoints: Checkpoints
-    data: DataSpec
-    loss: str = Field("cross_entropy", description="cross_entropy | mse | bce_with_logits | file.py:fn")
-    layers: list[str] | None = Field(None, description="module/parameter names or globs; null = all")
-    batch_size: Annotated[int, Field(gt=0, strict=True)] = 256
-    device: str = "auto"
+    The model is evaluated in **eval mode** at every checkpoint: BatchNorm uses its running
+    statistics and dropout is off, so an example's gradient does not depend on its batch."""
+
+    model: ModelSpec = Field(description="how to build the model the checkpoints are loaded into")
+    checkpoints: Checkpoints = Field(description="the training checkpoints with their learning rates η_c: a list of "
+                                                 "files, a `glob`, or a Trainer's `hf_trainer_dir`")
+    data: DataSpec = Field(description="the training and test splits")
+    loss: str = Field("cross_entropy", description="per-example loss: cross_entropy (classification) | mse | "
+                                                   "bce_with_logits | a callable `(outputs, targets) -> losses[B]` "
+                                                   '("file.py:fn" or "pkg.module:fn")')
+    layers: list[str] | None = Field(None, description="module or parameter names or `fnmatch` globs (`fc*`, "
+                                                       "`classifier.*`); a module selects all its parameters; "
+                                                       "null = every trainable parameter")
+    batch_size: Annotated[int, Field(gt=0, strict=True)] = Field(
+        256, description="examples per gradient batch: memory is bounded by it, not by the data size")
+    device: str = Field("auto", description="auto (CUDA when available, else the CPU) | cpu | cuda | cuda:N; CUDA "
+                                            "where there is none, or a GPU number the machine lacks, is an error; "
+                                            "other devices (e.g. Apple mps) are not supported")
     dtype: Literal["float32", "float64", "bfloat16"] = Field(
-        "float32", description="model and gradient precision; bfloat16 accumulates scores in float32")
-    tf32: bool = Field(False, description="allow TF32 matrix products on CUDA (faster, ~1e-3 relative error)")
-    output: str = "runs/audit"
-    trust_checkpoints: bool = Field(False, description="allow pickle in checkpoint files")
-    factorize: bool = Field(True, description="Linear/Conv2d gradients as factors ⟨a,a′⟩⟨e,e′⟩ when cheaper; "
-                                              "false = materialise every gradient with torch.func")
+        "float32", description="model and gradient precision: float64 for reference-grade numbers; bfloat16 "
+                               "accumulates scores in float32 (1e-2 to 2e-1 relative error, docs/performance.md)")
+    tf32: bool = Field(False, description="allow TF32 matrix products and convolutions on CUDA "
+                                          "(`torch.backends.cuda.matmul.allow_tf32`, `cudnn.allow_tf32`; process-wide; "
+                                          "~1e-3 relative error); ignored on the CPU")
+    output: str = Field("runs/audit", description="default output folder (`--out`), relative to the recipe")
+    trust_checkpoints: bool = Field(False, description=(
+        "allow pickle in checkpoint files, which can run code: set it only for files you trust. Checkpoints load "
+        "with `torch.load(weights_only=True)`; whether a refused file needs pickle or is corrupt is decided by "
+        "reading its pickle opcodes, which runs nothing"))
+    factorize: bool = Field(True, description="Linear/Conv2d gradients as factors ⟨a,a′⟩⟨e,e′⟩ when cheaper, exact "
+                                              "either way; false = materialise every gradient with torch.func")
     projection: ProjectionSpec | None = Field(None, description="{dim: K, seed: S}: random projection; null = exact")
     cache_dir: str | None = Field(None, description="folder of the resumable training-gradient store (relative to "
-                                                    "the recipe); null = no store")
+                                                    "the recipe); null = no store; `--no-cache` ignores it")
+    memory_gb: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="GiB the test side (C checkpoints × M test examples' gradients) may hold; more test examples "
+                          "are explained in chunks, one training pass each; null = half the device's free memory")
     checks: ChecksSpec | None = Field(None, description="rules of `influence-cli check`")
     base_dir: Path = Field(Path("."), exclude=True)
     source: str = Field("<recipe>", exclude=True)
