@@ -5,6 +5,10 @@ Library API (the CLI is a thin shell over it)::
     from influence_cli import load_recipe, score, write_reports
     result = score(load_recipe("recipe.yaml"), method="gas-l", test_indices=range(10), k=20)
     write_reports(result, "out/")
+    result.to_pandas()  # every result: a DataFrame (pip install 'influence-cli[pandas]')
+
+``progress=`` takes a :class:`NotebookProgress` (bars in Jupyter) or a callable ``(task, done, total)``
+(see :mod:`influence_cli.progress`); ``docs/python-api.md`` has a complete example.
 
 The names below are imported on first use, so ``import influence_cli`` (and the CLI's ``--help``)
 does not load PyTorch until the library is used.
@@ -24,15 +28,16 @@ _API = {
     "target_identify": "influence_cli.audits.target", "TargetResult": "influence_cli.audits.target",
     "score": "influence_cli.scoring", "InfluenceResult": "influence_cli.scoring",
     "InfluenceError": "influence_cli.errors",
+    "NotebookProgress": "influence_cli.progress", "Progress": "influence_cli.progress",
     "Method": "influence_cli.methods", "MislabelMethod": "influence_cli.methods", "TestLabels": "influence_cli.methods",
     "Recipe": "influence_cli.recipe", "load_recipe": "influence_cli.recipe",
     "Session": "influence_cli.session",
     "write_reports": "influence_cli.reports.writer",
 }
 
-__all__ = ["CheckResult", "InfluenceError", "InfluenceResult", "Method", "MislabelMethod", "MislabelResult", "Recipe",
-           "Session", "TargetResult", "TestLabels", "check", "load_recipe", "mislabel_detect", "score",
-           "target_identify", "write_reports", "__version__"]
+__all__ = ["CheckResult", "InfluenceError", "InfluenceResult", "Method", "MislabelMethod", "MislabelResult",
+           "NotebookProgress", "Progress", "Recipe", "Session", "TargetResult", "TestLabels", "check", "load_recipe",
+           "mislabel_detect", "score", "target_identify", "write_reports", "__version__"]
 
 if TYPE_CHECKING:
     from influence_cli.audits.check import CheckResult, check
@@ -40,6 +45,7 @@ if TYPE_CHECKING:
     from influence_cli.audits.target import TargetResult, target_identify
     from influence_cli.errors import InfluenceError
     from influence_cli.methods import Method, MislabelMethod, TestLabels
+    from influence_cli.progress import NotebookProgress, Progress
     from influence_cli.recipe import Recipe, load_recipe
     from influence_cli.reports.writer import write_reports
     from influence_cli.scoring import InfluenceResult, score

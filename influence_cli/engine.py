@@ -119,7 +119,7 @@ def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
                                 "check that example's inputs and label")
 
 
-def _weighted(session: Session, method: Method, c: int, x: object, y: torch.Tensor,
+def weighted_batch(session: Session, method: Method, c: int, x: object, y: torch.Tensor,
               train_idx: torch.Tensor | None = None) -> tuple[GradientBatch, torch.Tensor, torch.Tensor]:
     """(w·g_c, Σ_l w_l²‖g^l‖², finite flags) for one batch at checkpoint c; a training batch
     (``train_idx`` given) goes through the session's gradient store."""
@@ -132,13 +132,13 @@ def _weighted(session: Session, method: Method, c: int, x: object, y: torch.Tens
     return g.scaled(w), self_influence_term(sq, w), torch.isfinite(sq).all(1)
 
 
-def _nbytes(obj: object) -> int:
+def nbytes(obj: object) -> int:
     """Bytes of the tensors held by a gradient batch (any representation)."""
     if isinstance(obj, torch.Tensor):
         return obj.nbytes
     if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return sum(_nbytes(v) for v in vars(obj).values()) if hasattr(obj, "__dict__") else 0
+        return sum(nbytes(v) for v in obj)
+    return sum(nbytes(v) for v in vars(obj).values()) if hasattr(obj, "__dict__") else 0
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -162,14 +162,14 @@ def query_budget(session: Session) -> float | None:
     return None if free is None else 0.5 * free
 
 
-def _query_bytes(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> float:
+def query_example_bytes(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> float:
     """Bytes one query example's weighted gradients take over all C checkpoints, measured on the first
     batch at the first checkpoint (the representation, factors or dense, is the same at every c)."""
     idx = indices[:session.recipe.batch_size]
     x, _ = session.test.batch(idx)  # type: ignore[union-attr]
     x, y = session.to_device(x, labels[:len(idx)])
-    feats, _, _ = _weighted(session, method, 0, x, y)
-    return _nbytes(feats) / len(idx) * len(session.weights)
+    feats, _, _ = weighted_batch(session, method, 0, x, y)
+    return nbytes(feats) / len(idx) * len(session.weights)
 
 
 def query_chunk(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> int:
@@ -178,7 +178,7 @@ def query_chunk(session: Session, method: Method, indices: torch.Tensor, labels:
     budget, m = query_budget(session), len(indices)
     if budget is None or m == 0:
         return m
-    per_example = _query_bytes(session, method, indices, labels)
+    per_example = query_example_bytes(session, method, indices, labels)
     chunk = int(budget // per_example) if per_example > 0 else m
     if chunk >= m:
         return m
@@ -211,7 +211,7 @@ def query_features(session: Session, method: Method, indices: torch.Tensor, labe
                 idx = indices[start:start + bs]
                 x, _ = session.test.batch(idx)
                 x, y = session.to_device(x, labels[start:start + bs])
-                feats, _, finite = _weighted(session, method, c, x, y)
+                feats, _, finite = weighted_batch(session, method, c, x, y)
                 if not bool(finite.all()):
                     _raise_non_finite(session, session.test, idx, [(c, finite)])
                 parts.append(feats)
@@ -266,7 +266,7 @@ def local_train_pass(session: Session, method: Method, query: QueryFeatures | No
             self_inf = torch.zeros(len(idx), device=session.device, dtype=session.score_dtype)
             finite = []
             for c, lr in enumerate(rates):
-                feats, self_term, ok = _weighted(session, method, c, x, y, idx)
+                feats, self_term, ok = weighted_batch(session, method, c, x, y, idx)
                 self_inf += lr * self_term
                 finite.append(ok)
                 if query is not None:

@@ -172,7 +172,7 @@ def test_a_query_side_over_budget_is_explained_in_chunks_with_identical_results(
     whole = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
     idx, labels = torch.arange(5), whole.test.labels[:5]
     one = engine.explain(whole, Method.GAS_L, idx, labels, k=3, keep_matrix=True, column_best=2)
-    per_example = engine._query_bytes(whole, Method.GAS_L, idx, labels)
+    per_example = engine.query_example_bytes(whole, Method.GAS_L, idx, labels)
     run.rewrite(memory_gb=2.5 * per_example / 2**30)
     chunked = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
     with pytest.warns(UserWarning, match=r"explaining them in 3 chunks of at most 2, one training pass each") as said:

@@ -28,6 +28,6 @@ def test_parse_indices_names_the_parameter():
 def test_parsing_an_index_spec_loads_no_torch():
     """The recipe and ``--help`` parse index specs; neither may import PyTorch for it."""
     code = "import sys; from influence_cli.selection import parse_indices; parse_indices('0:3'); print('torch' in sys.modules)"
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"

@@ -6,10 +6,14 @@ example's position, so reordering or appending data keeps every id; changing an 
 label gives a new id. Identical duplicates share an id (accepting one accepts all of them).
 
 The file (meant to be committed beside the recipe) is small, sorted JSON whose diff shows exactly
-which accepted examples came and went::
+which accepted examples came and went, and what they are::
 
     {"format": "influence-cli-baseline", "version": 1, "id": "sha256(inputs, label)[:16]",
-     "method": <mislabel method>, "entries": [{"id", "label"}, ...]}     # sorted by id
+     "method": <mislabel method>, "entries": [{"id", "label", "label_name", "path" | "text"}, ...]}
+
+sorted by id; ``label_name`` when the data names its classes, ``path`` (image files) or the first
+:data:`TEXT_CHARS` characters of ``text`` when the data has them. Only ``id`` is read back, so
+files written before those fields existed load as they are.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -25,11 +30,13 @@ import torch
 
 from influence_cli.errors import DataError
 from influence_cli.files import write_json
-from influence_cli.loading.examples import Examples, Inputs
+from influence_cli.loading.examples import Examples, Inputs, described, shortened
+from influence_cli.recipe import Recipe
 
 FORMAT = "influence-cli-baseline"
 VERSION = 1
 ID_CHARS = 16
+TEXT_CHARS = 80  # of an example's text kept in its baseline entry
 _ID = re.compile(f"[0-9a-f]{{{ID_CHARS}}}")  # what example_id makes (and all that reports show)
 
 
@@ -67,9 +74,21 @@ def _label(y: torch.Tensor) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+def entry(flagged: dict[str, Any]) -> dict[str, Any]:
+    """The baseline entry of a flagged example: its id and given label, and what a reviewer reads in
+    the diff: the label's name, the file path or the start of the text (when the data has them)."""
+    out = {"id": flagged["id"], "label": flagged["given_label"]}
+    if flagged.get("given_label_name") is not None:
+        out["label_name"] = flagged["given_label_name"]
+    found = described(flagged)
+    if found is not None:
+        out[found[0]] = shortened(flagged, TEXT_CHARS, whole_path=True)
+    return out
+
+
 @dataclass(frozen=True)
 class Baseline:
-    """Accepted flagged examples: id → entry (``{"id", "label"}``)."""
+    """Accepted flagged examples: id → entry (``{"id", "label"}`` and the human fields of :func:`entry`)."""
 
     entries: dict[str, dict[str, Any]]
     method: str | None = None
@@ -80,8 +99,8 @@ class Baseline:
 
     @classmethod
     def of(cls, flagged: Iterable[dict[str, Any]], method: str | None = None) -> "Baseline":
-        """A baseline accepting every flagged example (dicts with ``id`` and ``given_label``)."""
-        return cls({e["id"]: {"id": e["id"], "label": e["given_label"]} for e in flagged}, method)
+        """A baseline accepting every flagged example (mislabel ranking entries with their ``id``)."""
+        return cls({e["id"]: entry(e) for e in flagged}, method)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "id": f"sha256(inputs, label)[:{ID_CHARS}]",
@@ -113,3 +132,28 @@ class Baseline:
             raise DataError(f"{path}: \"entries\" must be a list of {{\"id\", \"label\"}} objects whose id is "
                             f"{ID_CHARS} hexadecimal digits")
         return cls({e["id"]: e for e in entries}, data.get("method"))
+
+
+#: ``check(..., baseline=FROM_RECIPE)``: the recipe's ``checks.baseline`` file (none when unset).
+FROM_RECIPE = "recipe"
+
+
+def baseline_file(recipe: Recipe, baseline: Path | str | None = FROM_RECIPE) -> Path | None:
+    """The baseline file a check uses: ``baseline`` when it is a path, the recipe's ``checks.baseline``
+    (relative to the recipe) for :data:`FROM_RECIPE`, none for ``None``."""
+    if baseline == FROM_RECIPE:
+        named = recipe.checks.baseline if recipe.checks is not None else None
+        return recipe.resolve(named) if named else None
+    return None if baseline is None else Path(baseline)
+
+
+def accepted_baseline(path: Path, *, from_recipe: bool) -> Baseline:
+    """The baseline at ``path``. One named by the recipe's ``checks.baseline`` that does not exist yet
+    is empty, said once: the recipe names the file before ``--update-baseline`` first writes it, and
+    an empty baseline only makes the check stricter. A file named explicitly must exist (a wrong
+    path there is a mistake to report, not a baseline to assume)."""
+    if from_recipe and not path.exists() and not path.is_symlink():  # a dangling link is an error
+        warnings.warn(f"checks.baseline {path} does not exist yet: no example is accepted; create it with "
+                      "--update-baseline", UserWarning, stacklevel=3)
+        return Baseline({})
+    return Baseline.load(path)

@@ -29,15 +29,18 @@ Baseline entries that are no longer flagged (fixed, removed, or below the cut) a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from influence_cli.audits.baseline import Baseline, example_ids
+from influence_cli.audits.baseline import FROM_RECIPE, Baseline, accepted_baseline, baseline_file, example_ids
 from influence_cli.errors import ParameterError, RecipeError
+from influence_cli.frames import ToPandas
+from influence_cli.loading.examples import DESCRIPTION_KEYS, label_text
 from influence_cli.methods import MislabelMethod
-from influence_cli.progress import Progress
+from influence_cli.progress import Progress, ProgressLike, as_progress
 from influence_cli.recipe import ChecksSpec, NoAttackTargetRule, Recipe
 from influence_cli.session import Session
 
@@ -117,9 +120,15 @@ class Rule(ABC):
         """The verdict on ``ev``."""
 
 
+#: What check reports keep of a flagged training / test example (names, texts, paths: when known).
+_MISLABEL_KEYS = ("train_index", "id", "given_label", "given_label_name", "suggested_label", "suggested_label_name",
+                  "suggested_prob", "score", *DESCRIPTION_KEYS)
+_TARGET_KEYS = ("test_index", "anomaly_score", "label", "label_name", "prediction", "prediction_name",
+                *DESCRIPTION_KEYS)
+
+
 def _mislabel_offender(e: dict[str, Any]) -> dict[str, Any]:
-    keys = ("train_index", "id", "given_label", "suggested_label", "suggested_prob", "score")
-    return {k: e[k] for k in keys}
+    return {k: e[k] for k in _MISLABEL_KEYS if k in e}
 
 
 def _accepted_note(ev: Evidence) -> str:
@@ -186,9 +195,7 @@ class MaxFlaggedMislabelPerClass(Rule):
     limit: int
 
     def evaluate(self, ev: Evidence) -> Outcome:
-        counts: dict[str, int] = {}
-        for e in ev.new:
-            counts[str(e["given_label"])] = counts.get(str(e["given_label"]), 0) + 1
+        counts = Counter(str(label_text(e, "given_label")) for e in ev.new)  # "cat (3)" when the class has a name
         over = sorted((c, y) for y, c in counts.items() if c > self.limit)[::-1]
         value = max(counts.values(), default=0)
         if over:
@@ -196,7 +203,7 @@ class MaxFlaggedMislabelPerClass(Rule):
         else:
             detail = f"at most {value} flagged with any one label ≤ {self.limit}"
         bad = {y for _, y in over}
-        offenders = [_mislabel_offender(e) for e in ev.new if str(e["given_label"]) in bad][:WORST]
+        offenders = [_mislabel_offender(e) for e in ev.new if str(label_text(e, "given_label")) in bad][:WORST]
         return Outcome(self.key, not over, value, self.limit, detail + _accepted_note(ev), offenders)
 
 
@@ -219,8 +226,8 @@ class NoAttackTarget(Rule):
                                   f"{len(t['suspects'])} suspects)" for t in flagged[:WORST]))
         else:
             detail = f"none of {len(tests)} watched test example(s) flagged ({self.spec.method})"
-        offenders = [{"test_index": t["test_index"], "anomaly_score": t["anomaly_score"],
-                      "prediction": t["prediction"], "suspects": t["suspects"][:WORST]} for t in flagged[:WORST]]
+        offenders = [{**{k: t[k] for k in _TARGET_KEYS if k in t}, "suspects": t["suspects"][:WORST]}
+                     for t in flagged[:WORST]]
         return Outcome(self.key, not flagged, len(flagged), 0, detail, offenders)
 
 
@@ -253,12 +260,12 @@ def gather(session: Session, rules: list[Rule], *, mislabel_method: MislabelMeth
         from influence_cli.audits.target import target_identify
 
         spec = target_rules[0].spec
-        targets = target_identify(session, method=spec.method, test_indices=_candidates(session, spec),
+        targets = target_identify(session, method=spec.method, test_indices=watched_candidates(session, spec),
                                   progress=progress).to_dict()
     return Facts(len(session.train), mislabels, targets, ids)
 
 
-def _candidates(session: Session, spec: NoAttackTargetRule) -> list[int] | None:
+def watched_candidates(session: Session, spec: NoAttackTargetRule) -> list[int] | None:
     """The candidates target-identify ranks: ``candidates`` ∪ ``test_indices`` (None = the whole
     test split), after checking every index lies in the test split."""
     n = len(session.test) if session.test is not None else 0
@@ -277,7 +284,7 @@ def _candidates(session: Session, spec: NoAttackTargetRule) -> list[int] | None:
 
 
 @dataclass(frozen=True)
-class CheckResult:
+class CheckResult(ToPandas, records="rules"):
     """Every rule's outcome, and the baseline comparison behind them."""
 
     recipe: dict[str, Any]
@@ -334,40 +341,27 @@ def evaluate(recipe: dict[str, Any], facts: Facts, rules: list[Rule], baseline: 
     return CheckResult(recipe, facts, rules, baseline, [r.evaluate(ev) for r in rules], new, disappeared, session)
 
 
-#: ``check(..., baseline=FROM_RECIPE)``: the recipe's ``checks.baseline`` file (none when unset).
-FROM_RECIPE = "recipe"
-
-
-def baseline_path(recipe: Recipe, baseline: Path | str | None = FROM_RECIPE) -> Path | None:
-    """The baseline file a check uses: ``baseline`` when it is a path, the recipe's ``checks.baseline``
-    (relative to the recipe) for :data:`FROM_RECIPE`, none for ``None``."""
-    return _baseline_file(recipe, checks_of(recipe), baseline)
-
-
-def _baseline_file(recipe: Recipe, spec: ChecksSpec, baseline: Path | str | None) -> Path | None:
-    if baseline == FROM_RECIPE:
-        return recipe.resolve(spec.baseline) if spec.baseline else None
-    return None if baseline is None else Path(baseline)
-
-
 def check(recipe_or_session: Recipe | Session, *, baseline: Path | str | Baseline | None = FROM_RECIPE,
-          update_baseline: bool = False, progress: Progress | None = None) -> CheckResult:
+          update_baseline: bool = False, progress: ProgressLike | None = None) -> CheckResult:
     """Evaluate the recipe's ``checks:`` rules (one session, each pass once) against a baseline.
 
     ``baseline``: the accepted flagged examples B — the recipe's ``checks.baseline`` file by default,
-    or a path, a :class:`Baseline`, or ``None`` for none. ``update_baseline``: B := everything flagged
+    or a path, a :class:`Baseline`, or ``None`` for none. A ``checks.baseline`` file that does not exist
+    yet is an empty B, with one warning (the first run of a CI job whose recipe names the file to
+    create); a missing file given as a path is an error. ``update_baseline``: B := everything flagged
     now, written to the baseline file (which must then be a path), and the rules judged against it.
     This is exactly what ``influence-cli check [--baseline FILE] [--update-baseline]`` does.
     """
     recipe = recipe_or_session.recipe if isinstance(recipe_or_session, Session) else recipe_or_session
-    spec = checks_of(recipe)
+    spec, progress = checks_of(recipe), as_progress(progress)
     rules = rules_of(spec)
-    path = None if isinstance(baseline, Baseline) else _baseline_file(recipe, spec, baseline)
+    path = None if isinstance(baseline, Baseline) else baseline_file(recipe, baseline)
     if update_baseline and path is None:
         raise ParameterError("update_baseline", "needs a baseline file: give `baseline` or set checks.baseline "
                              "in the recipe")
     accepted = baseline if isinstance(baseline, Baseline) else (
-        Baseline.load(path) if path is not None and not update_baseline else None)
+        accepted_baseline(path, from_recipe=baseline == FROM_RECIPE) if path is not None and not update_baseline
+        else None)
     session = Session.of(recipe_or_session, need_test=any(Need.TARGET in r.needs for r in rules))
     facts = gather(session, rules, mislabel_method=spec.mislabel_method, need_mislabel=update_baseline,
                    progress=progress)

@@ -52,6 +52,7 @@ import torch.nn.functional as F
 
 from influence_cli.engine import train_pass
 from influence_cli.errors import InfluenceError, ParameterError
+from influence_cli.frames import ToPandas
 from influence_cli.gradients.layers import select_parameters
 from influence_cli.methods import (
     DEFAULT_MISLABEL_METHOD,
@@ -59,7 +60,7 @@ from influence_cli.methods import (
     MislabelMethod,
     choose,
 )
-from influence_cli.progress import NoProgress, Progress
+from influence_cli.progress import NoProgress, Progress, ProgressLike, as_progress
 from influence_cli.recipe import Recipe
 from influence_cli.session import Session
 from influence_cli.stats import robust_z
@@ -82,7 +83,7 @@ def signal_z(values: torch.Tensor, positive: bool) -> torch.Tensor:
     return robust_z(v.clamp_min(0).sqrt() if positive else v)
 
 
-def _last_layer_session(session: Session) -> Session:
+def last_layer_session(session: Session) -> Session:
     """The same session differentiating only the last selected layer (e.g. the classifier head).
     It bypasses the gradient store, which holds gradients of the recipe's full layer selection."""
     start, end = session.layout.slices[-1]
@@ -131,7 +132,7 @@ def compute_signals(session: Session, methods: set[MislabelMethod], indices: tor
         out[MislabelMethod.TRACIN] = train_pass(session, Method.TRACIN, indices=indices,
                                                 progress=progress).self_influence.double()
     if MislabelMethod.TRACIN_LAST in methods:
-        out[MislabelMethod.TRACIN_LAST] = train_pass(_last_layer_session(session), Method.TRACIN, indices=indices,
+        out[MislabelMethod.TRACIN_LAST] = train_pass(last_layer_session(session), Method.TRACIN, indices=indices,
                                                      progress=progress).self_influence.double()
     return {m: out[m] for m in methods}, suggested, prob
 
@@ -181,7 +182,7 @@ class FlagRule:
 
 
 @dataclass
-class MislabelResult:
+class MislabelResult(ToPandas, records="ranking"):
     """Every training example ranked by suspicion, best suspects first."""
 
     method: MislabelMethod
@@ -200,10 +201,11 @@ class MislabelResult:
 
     def to_dict(self) -> dict[str, Any]:
         """The stable layout of ``mislabels.json``; ``ranking`` covers all N examples."""
-        labels = self.session.train.labels
-        ranking = [{"rank": r + 1, "train_index": i, "score": s, "given_label": int(labels[i]),
-                    "suggested_label": k, "suggested_prob": p, "flagged": r < self.n_flagged,
-                    **self.session.train.description(i)}
+        train = self.session.train
+        ranking = [{"rank": r + 1, "train_index": i, "score": s,
+                    **train.label_fields("given_label", int(train.labels[i])),
+                    **train.label_fields("suggested_label", k), "suggested_prob": p, "flagged": r < self.n_flagged,
+                    **train.description(i)}
                    for r, (i, s, k, p) in enumerate(zip(self.order.tolist(), self.scores.tolist(),
                                                         self.suggested.tolist(), self.suggested_prob.tolist()))]
         threshold = float(self.scores[self.n_flagged - 1]) if self.n_flagged else None
@@ -222,10 +224,10 @@ class MislabelResult:
 
 def mislabel_detect(recipe_or_session: Recipe | Session, *, method: MislabelMethod | str = DEFAULT_MISLABEL_METHOD,
                     top: int | None = None, fraction: float | None = None,
-                    progress: Progress | None = None) -> MislabelResult:
+                    progress: ProgressLike | None = None) -> MislabelResult:
     """Rank all N training examples by the ``method`` score (see the module docstring) and flag
     the best suspects by ``top``, ``fraction`` or the automatic cut (robust z-score and mean margin)."""
-    method = choose(MislabelMethod, method, "method")
+    method, progress = choose(MislabelMethod, method, "method"), as_progress(progress)
     rule = FlagRule(top, fraction)
     session = Session.of(recipe_or_session)
     if not session.is_classifier:

@@ -25,7 +25,8 @@ class Format(Choice):
 def check_command(
     recipe: RecipeArg,
     baseline: Annotated[Path | None, typer.Option(
-        "--baseline", help="Baseline JSON of accepted flagged examples (default: the recipe's `checks.baseline`).",
+        "--baseline", help="Baseline JSON of accepted flagged examples (default: the recipe's `checks.baseline`, "
+        "empty until --update-baseline first writes it).",
         rich_help_panel="Baseline")] = None,
     update_baseline: Annotated[bool, typer.Option(
         "--update-baseline", help="Accept everything flagged now: rewrite the baseline file, then judge against it.",
@@ -45,19 +46,21 @@ def check_command(
 
     Exit code 0 when every rule passes, 1 when one fails, 2 for a usage or input error.
     """
-    from influence_cli.audits.check import FROM_RECIPE, baseline_path, check
+    from influence_cli.audits.baseline import FROM_RECIPE, baseline_file
+    from influence_cli.audits.check import check
     from influence_cli.outputs import Target
     from influence_cli.reports.check import markdown
 
     r, progress = open_recipe(recipe, no_cache), progress_for(quiet or fmt is not Format.TEXT)
-    path = baseline_path(r, FROM_RECIPE if baseline is None else baseline)
+    path = baseline_file(r, FROM_RECIPE if baseline is None else baseline)
     option = "--baseline" if baseline is not None else "checks.baseline"
     targets = [Target("--junit", junit, "junit")] if junit is not None else []
     if update_baseline and path is not None:
         targets.append(Target(option, path, "baseline"))
     reads = [(path, "the baseline")] if path is not None and not update_baseline else []
     folder = checked_output_dir(r, out, *targets, also_reads=reads, overwrite=overwrite)
-    result = check(r, baseline=path, update_baseline=update_baseline, progress=progress)
+    result = check(r, baseline=FROM_RECIPE if baseline is None else baseline, update_baseline=update_baseline,
+                   progress=progress)
     finish(result, folder, progress, html=html, junit=junit, quiet=quiet or fmt is not Format.TEXT)
     if fmt is not Format.TEXT:  # on rank 0 only, like every print (`console`)
         text = json.dumps(result.to_dict(), indent=1) if fmt is Format.JSON else markdown(result)

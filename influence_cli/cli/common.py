@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,7 +38,8 @@ from rich.progress import (
 from rich.progress import Progress as RichBars
 
 from influence_cli.errors import InfluenceError, ParameterError
-from influence_cli.progress import Advance, TaskTiming, TimedProgress
+from influence_cli.progress import Advance, LogProgress, TaskTiming, TimedProgress
+from influence_cli.selection import INDEX_FORMAT
 
 if TYPE_CHECKING:
     from influence_cli.outputs import Target
@@ -60,7 +60,7 @@ OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder 
                                              rich_help_panel="Output")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or tables.", rich_help_panel="Output")]
 TestIndicesOpt = Annotated[str | None, typer.Option(
-    "--test-indices", help="Test examples to explain: '0,3,7', '0:100' or a mix ('0:10,15'). Default: all.",
+    "--test-indices", help=f"Test examples to explain: {INDEX_FORMAT}. Default: all.",
     rich_help_panel="Selection")]
 OverwriteOpt = Annotated[bool, typer.Option(
     "--overwrite", help="Write into an output folder that holds results of another recipe or other data.",
@@ -161,46 +161,30 @@ def checked_output_dir(recipe: "Recipe", out: Path | None, *files: "Target",
     return folder
 
 
-def parse_indices(spec: str | None) -> list[int] | None:
-    """``'0,3,7'``, ``'0:100'`` (end exclusive) or a mix, as a list of ints; ``None`` stays ``None``."""
-    if spec is None:
-        return None
-    out: list[int] = []
-    for part in spec.split(","):
-        part = part.strip()
-        try:
-            if ":" in part:
-                lo, _, hi = part.partition(":")
-                out.extend(range(int(lo or 0), int(hi)))
-            elif part:
-                out.append(int(part))
-        except ValueError:
-            raise InfluenceError(f"--test-indices: cannot read {part!r}; use '0,3,7' or '0:100'") from None
-    return out
-
-
 class Bars:
-    """Progress on stderr: bars with ETA on a terminal, one plain log line per finished task otherwise
-    (CI), nothing with ``show=False`` (``--quiet``)."""
+    """Progress on stderr: bars with ETA on a terminal; otherwise (CI, ``nohup``) plain lines with
+    done/total, rate and ETA every ``$INFLUENCE_CLI_PROGRESS_SECONDS`` (default 15) and one per finished
+    task (:class:`~influence_cli.progress.LogProgress`); nothing with ``show=False`` (``--quiet``)."""
 
     def __init__(self, show: bool = True) -> None:
         self.show = show
         self.interactive = err_console.is_terminal
+        self.log = None if self.interactive or not show else LogProgress(
+            lambda line: err_console.print(line, highlight=False, soft_wrap=True))
 
     @contextmanager
     def task(self, description: str, total: int) -> Iterator[Advance]:
         if not self.show:
             yield lambda n: None
-        elif self.interactive:
+        elif self.log is not None:
+            with self.log.task(description, total) as advance:
+                yield advance
+        else:
             bars = RichBars(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=True)
             with bars:
                 task_id = bars.add_task(description, total=total)
                 yield lambda n: bars.advance(task_id, n)
-        else:
-            start = time.monotonic()
-            yield lambda n: None
-            err_console.print(f"{description}: {total} done in {time.monotonic() - start:.1f} s", highlight=False)
 
 
 def progress_for(quiet: bool) -> TimedProgress:

@@ -7,8 +7,9 @@ from typing import Annotated
 import typer
 
 from influence_cli.cli.common import HtmlOpt, NoCacheOpt, OutOpt, OverwriteOpt, QuietOpt, RecipeArg, TestIndicesOpt
-from influence_cli.cli.common import checked_output_dir, finish, guarded, open_recipe, parse_indices, progress_for
+from influence_cli.cli.common import checked_output_dir, finish, guarded, open_recipe, progress_for
 from influence_cli.methods import Method, TestLabels
+from influence_cli.selection import parse_indices
 
 
 @guarded

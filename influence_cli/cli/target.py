@@ -7,9 +7,10 @@ from typing import Annotated
 import typer
 
 from influence_cli.cli.common import HtmlOpt, NoCacheOpt, OutOpt, OverwriteOpt, QuietOpt, RecipeArg, TestIndicesOpt
-from influence_cli.cli.common import checked_output_dir, finish, guarded, open_recipe, parse_indices, progress_for
+from influence_cli.cli.common import checked_output_dir, finish, guarded, open_recipe, progress_for
 from influence_cli.methods import (DEFAULT_TARGET_K, DEFAULT_TARGET_MIN_SHARE, DEFAULT_TARGET_SHARE_THRESHOLD,
                                    DEFAULT_TARGET_THRESHOLD, Method)
+from influence_cli.selection import parse_indices
 
 
 @guarded

@@ -14,7 +14,7 @@ from influence_cli.demo.backdoor import Backdoor
 from influence_cli.demo.build import make_digits_run
 from influence_cli.demo.training import TrainSchedule
 from influence_cli.errors import ParameterError
-from influence_cli.progress import NoProgress, Progress, TimedProgress
+from influence_cli.progress import Progress, ProgressLike, TimedProgress, as_progress
 from influence_cli.recipe import load_recipe
 from influence_cli.reports.ground_truth import write_ground_truth
 from influence_cli.reports.html import REPORT_FILE
@@ -112,7 +112,7 @@ def poison_count(n_train: int, epochs: int, n_poison: int | None) -> int:
 
 
 def run_demo(out: Path | str, *, seed: int = 0, n_train: int = 1500, epochs: int = 30, n_poison: int | None = None,
-             test_index: int = 0, progress: Progress | None = None) -> DemoResult:
+             test_index: int = 0, progress: ProgressLike | None = None) -> DemoResult:
     """Build the digits run in ``out`` (:func:`~influence_cli.demo.build.make_digits_run`: ``n_train``
     training images, ``epochs`` epochs, ``n_poison`` backdoor poison, default :func:`poison_count`;
     0: no backdoor), then run ``mislabel-detect``, ``score`` (GAS-L, ``test_index``, top 5) and, with a
@@ -122,7 +122,7 @@ def run_demo(out: Path | str, *, seed: int = 0, n_train: int = 1500, epochs: int
     reports and run.json entry (:func:`~influence_cli.reports.writer.write_reports`, replacing older
     results), and ``report.html``."""
     backdoor = Backdoor(n_poison=poison_count(n_train, epochs, n_poison))
-    progress = progress or NoProgress()
+    progress = as_progress(progress)
     with progress.task("train the digits CNN", total=1) as advance:
         path, data = make_digits_run(Path(out), seed=seed, n_train=n_train, schedule=TrainSchedule.for_epochs(epochs),
                                      backdoor=backdoor)

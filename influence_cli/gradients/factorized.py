@@ -173,6 +173,17 @@ class FactorizedGradients:
                 blocks[l] = flat.g[:, a:b]
         return LayerGrads(blocks, self.layout)  # type: ignore[arg-type]
 
+    def path(self, l: int, block: Block | None = None) -> str:
+        """How layer l's per-example gradient is computed, as this computer's result ``block`` for it
+        shows: ``torch.func``; ``norm hooks`` (a norm layer's dense block); for a Linear/Conv2d layer
+        ``factorised`` (a, e kept: T²(p+q) < p·q, or ``keep_factors``) or ``materialised`` (G formed)."""
+        layer = next((f for f in self.factor_layers if f.index == l), None)
+        if layer is None:
+            return "torch.func"
+        if layer.kind == "norm":
+            return "norm hooks"
+        return "factorised" if self.keep_factors or isinstance(block, Factors) else "materialised"
+
     def _factors(self, weights: dict[str, torch.Tensor], inputs: Inputs, labels: torch.Tensor
                  ) -> list[Block | None]:
         """One batched forward/backward recording each hooked layer's inputs and output gradients:

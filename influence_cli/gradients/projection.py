@@ -113,6 +113,12 @@ class ProjectedGradients:
         self._maps[l] = proj
         return proj
 
+    def path(self, l: int) -> str:
+        """Layer l's projection, once drawn (after a call): ``Kronecker`` (factors), ``CountSketch`` (a dense
+        block) or ``exact`` (D_l ≤ K: kept as it is)."""
+        proj = self._maps[l]
+        return "exact" if proj is None else "Kronecker" if isinstance(proj, _Kronecker) else "CountSketch"
+
     def project(self, grads: LayerGrads | FlatGrads) -> FlatGrads:
         """P_l g^l for every layer, concatenated: [B, Σ_l k_l]."""
         if isinstance(grads, FlatGrads):

@@ -3,7 +3,8 @@
 
 ``tensors`` and ``factory`` are read here; ``jsonl``/``csv`` in :mod:`influence_cli.loading.transformers`,
 ``imagefolder``/``torchvision`` in :mod:`influence_cli.loading.vision` (those modules import
-transformers and torchvision only when a split of theirs is loaded).
+transformers and torchvision only when a split of theirs is loaded). The recipe's ``data.labels``,
+when set, names the classes of both splits (over any names the data carries).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from influence_cli.errors import DataError
+from influence_cli.errors import DataError, RecipeError
 from influence_cli.loading.checkpoints import torch_load_failure
 from influence_cli.loading.examples import (
     DatasetExamples,
@@ -110,4 +111,10 @@ def load_split(recipe: Recipe, split: str) -> Examples:
     examples = LOADERS[type(spec)](spec, recipe, key)
     if len(examples) == 0:
         raise DataError(f"{key}: no examples")
+    names = recipe.data.labels
+    if names is not None:  # the recipe's class names (its length is checked against the model's outputs)
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise RecipeError(f"data.labels: class name {twice!r} is given twice")
+        examples.classes = list(names)
     return examples

@@ -25,10 +25,8 @@ import torch
 from torch import nn
 
 from influence_cli.errors import DataError, RecipeError, first_line
-from influence_cli.loading.examples import Examples
+from influence_cli.loading.examples import DESCRIBE_CHARS, Examples, shorten
 from influence_cli.recipe import Recipe, TextData
-
-DESCRIBE_CHARS = 200  # longest text a report shows per example
 
 
 def _local_folder(path: Path, key: str) -> Path:
@@ -91,6 +89,7 @@ class TextExamples(Examples):
     truncation: bool
     input_names: tuple[str, ...]
     name: str = "data"
+    classes: list[str] | None = None
     describe_key = "text"
 
     def __len__(self) -> int:
@@ -108,10 +107,11 @@ class TextExamples(Examples):
                                  return_tensors="pt")
         return {k: encoded[k] for k in self.input_names if k in encoded}, self.labels_[idx]
 
-    def describe(self, i: int) -> str | None:
+    def describe(self, i: int, limit: int | None = DESCRIBE_CHARS) -> str | None:
+        """The row's text (``text || pair`` for pairs), whitespace collapsed, cut at ``limit`` characters."""
         text = self.texts[i] if self.pairs is None else f"{self.texts[i]} || {self.pairs[i]}"
         text = " ".join(text.split())
-        return text if len(text) <= DESCRIBE_CHARS else text[:DESCRIBE_CHARS - 1] + "…"
+        return text if limit is None else shorten(text, limit)
 
 
 def _read_rows(path: Path, fmt: str, key: str) -> list[dict[str, Any]]:
@@ -159,6 +159,20 @@ def _label_ids(values: list[Any], label2id: dict[str, int], key: str) -> torch.T
     return torch.tensor(out, dtype=torch.long)
 
 
+def _class_names(config: Any, values: list[Any]) -> list[str] | None:
+    """Class names by id: the config's ``id2label``, with the ``label2id`` names the data's string
+    labels went through; transformers' placeholders (``LABEL_0``, ...) only when the data uses them."""
+    id2label = {int(k): str(v) for k, v in (getattr(config, "id2label", None) or {}).items()}
+    strings = {v for v in values if isinstance(v, str)}
+    used = {v: int(i) for v, i in (getattr(config, "label2id", None) or {}).items() if v in strings}
+    names = {**id2label, **{i: v for v, i in used.items()}}
+    if not names or sorted(names) != list(range(len(names))):
+        return None
+    if not used and all(n == f"LABEL_{i}" for i, n in names.items()):
+        return None
+    return [names[i] for i in range(len(names))]
+
+
 def load_text(spec: TextData, recipe: Recipe, key: str) -> TextExamples:
     """A ``jsonl``/``csv`` split tokenised by the model folder's (or ``tokenizer``'s) tokenizer."""
     from transformers import AutoTokenizer
@@ -186,4 +200,4 @@ def load_text(spec: TextData, recipe: Recipe, key: str) -> TextExamples:
     names = tuple(n for n in tokenizer.model_input_names if accepted is None or n in accepted)
     label2id = dict(getattr(config, "label2id", None) or {})
     return TextExamples(texts, pairs, _label_ids(labels, label2id, key), tokenizer, spec.max_length,
-                        spec.truncation, names, name=key)
+                        spec.truncation, names, name=key, classes=_class_names(config, labels))

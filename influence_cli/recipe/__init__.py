@@ -1,10 +1,14 @@
 """The YAML recipe: schema, validation and path resolution.
 
-A recipe names a model, its training checkpoints (with learning rates η_c), the data, the loss
-and the layers to differentiate. Every section is a small pydantic model with ``extra="forbid"``
-so that a typo is an error naming its YAML path, not a silently ignored key. Relative paths are
-relative to the recipe file. The YAML is read with a safe loader that also refuses a key given
-twice in one mapping (the last one would silently win) and absurdly deep nesting.
+A recipe is a short YAML file (UTF-8) that names a model, its training checkpoints (with learning
+rates η_c), the data, the loss and the layers to differentiate. Relative paths are relative to the
+recipe file. Every section is a small pydantic model with ``extra="forbid"``: an unknown key is an
+error naming its YAML path and the closest known key (``recipe.yaml: checkpoints[0].pth: unknown
+key (did you mean 'path'?)``), so a typo or a leftover block never passes silently. The YAML is
+read with a safe loader that also refuses a key given twice in one mapping, at any level
+(``recipe.yaml:7: duplicate key 'checkpoints' (first at line 2)``, where plain YAML would keep the
+last one), absurdly deep nesting and self-containing aliases, and reads ``10:20`` as the string it
+looks like (an index range), not as YAML 1.1's base-60 number 620.
 """
 
 from __future__ import annotations

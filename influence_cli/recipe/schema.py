@@ -91,9 +91,8 @@ class ModelSpec(_Section):
     def _default_task(cls, data: Any) -> Any:
         """A transformers model's head defaults to sequence-classification (recorded in run.json);
         other models have no ``task``."""
-        if isinstance(data, dict) and data.get("transformers") and data.get("task") is None:
-            return {**data, "task": "sequence-classification"}
-        return data
+        transformers = isinstance(data, dict) and data.get("transformers") and data.get("task") is None
+        return {**data, "task": "sequence-classification"} if transformers else data
 
 
 # η_c: finite and ≥ 0 (negative would flip every score's sign); YAML `true` is not a number
@@ -113,9 +112,11 @@ class CheckpointEntry(_Section):
 
     path: str = Field(description="the checkpoint file (relative to the recipe)")
     learning_rate: LearningRate = Field("auto", description=(
-        "η_c ≥ 0 (a negative rate, which would flip every score, is an error) or `auto`: the file's "
-        "`learning_rate`/`lr`, else its optimizer state's first param group; neither is an error naming the file, "
-        "never a silent 1.0"))
+        "η_c ≥ 0 (a negative rate, which would flip every score, is an error) or `auto`: the rate of the epochs "
+        "that led to the checkpoint, read from the file's `learning_rate`/`lr`, else its saved scheduler state "
+        "(StepLR, MultiStepLR, ExponentialLR, CosineAnnealingLR, LinearLR, ConstantLR, PolynomialLR: the rate "
+        "before the last `scheduler.step()`), else its optimizer state's first param group (with one warning "
+        "when a scheduler was attached but not saved); none is an error naming the file, never a silent 1.0"))
     strip_prefix: str | None = Field(None, description=(
         "keep only the state-dict keys starting with this prefix, stripped; other keys are dropped. PyTorch "
         "Lightning `.ckpt`: the LightningModule attribute holding the network (`model.` for `self.model`), and "
@@ -244,8 +245,7 @@ def _index_spec(value: Any) -> Any:
     return value
 
 
-#: Test indices: a list (``[0, 17, 42]``), one integer or an index spec (``"0:50"``, ``"0,3,7"``, ``"0:10,15"``).
-TestIndices = Annotated[list[NonNegativeInt], BeforeValidator(_index_spec)]
+TestIndices = Annotated[list[NonNegativeInt], BeforeValidator(_index_spec)]  # a list, one integer or a spec
 
 
 class NoAttackTargetRule(_Section):

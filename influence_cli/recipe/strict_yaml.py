@@ -1,8 +1,10 @@
 """Reading a recipe file: UTF-8, safe YAML that refuses a key given twice in one mapping (the last
-one would silently win), absurdly deep nesting and self-containing aliases; every problem is one line."""
+one would silently win), absurdly deep nesting and self-containing aliases, and reads ``10:20`` as a
+string (an index range, as YAML 1.2 does), not as base 60; every problem is one line."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,23 @@ class _RecipeLoader(yaml.SafeLoader):
                 raise _YAMLRefusal(key_node.start_mark.line + 1, f"duplicate key {key!r} (first at line "
                                                                 f"{earlier.start_mark.line + 1})")
         return super().construct_mapping(node, deep)
+
+
+# YAML 1.1 reads `10:20` as the base-60 integer 620 (and `1:30.5` as a float); YAML 1.2 dropped that.
+# A recipe reads such a scalar as the string it looks like (an index range, "10:20"): the int and
+# float resolvers below are PyYAML's without their base-60 forms.
+_INT, _FLOAT = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in (_INT, _FLOAT)]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_RecipeLoader.add_implicit_resolver(_INT, re.compile(r"""^(?:[-+]?0b[0-1_]+
+    |[-+]?0[0-7_]+
+    |[-+]?(?:0|[1-9][0-9_]*)
+    |[-+]?0x[0-9a-fA-F_]+)$""", re.VERBOSE), list("-+0123456789"))
+_RecipeLoader.add_implicit_resolver(_FLOAT, re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+    |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.VERBOSE), list("-+0123456789."))
 
 
 def read_yaml(path: Path) -> Any:

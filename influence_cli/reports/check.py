@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import xml.etree.ElementTree as ET
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +17,22 @@ from rich.text import Text
 from influence_cli import distributed
 from influence_cli.audits.check import CheckResult
 from influence_cli.files import atomic_write, write_json
+from influence_cli.loading.examples import label_text
+from influence_cli.reports.entries import LINE_CHARS, DescriptionColumn, line_item
 from influence_cli.reports.files import markdown_table
 
 SUITE = "influence-cli check"
 
 
 def _offender(o: dict[str, Any]) -> str:
-    """One offender in a line: a training example (mislabel rules) or a test example (targets)."""
+    """One offender in a line: a training example (mislabel rules) or a test example (targets), each
+    with its file path (whole, to open it) or the start of its text."""
     if "train_index" in o:
-        return (f"train {o['train_index']} (id {o['id']}, label {o['given_label']} → {o['suggested_label']} "
-                f"p={o['suggested_prob']:.2f}, score {o['score']:.3g})")
-    suspects = ", ".join(str(s["train_index"]) for s in o["suspects"])
-    return f"test {o['test_index']} (anomaly {o['anomaly_score']:.3g}, prediction {o['prediction']}; suspects {suspects})"
+        return (f"train {line_item(o)} (id {o['id']}, label {label_text(o, 'given_label')} → "
+                f"{label_text(o, 'suggested_label')} p={o['suggested_prob']:.2f}, score {o['score']:.3g})")
+    label = f", label {label_text(o, 'label')}" if "label" in o else ""
+    return (f"test {line_item(o, 'test_index')} (anomaly {o['anomaly_score']:.3g}{label}, prediction "
+            f"{label_text(o, 'prediction')}); suspects: {', '.join(line_item(s) for s in o['suspects'])}")
 
 
 def _value(value: float) -> str:
@@ -57,16 +62,19 @@ def markdown(result: CheckResult) -> str:
                                 [(o.rule, "pass" if o.passed else "**FAIL**", _value(o.value), _value(o.limit),
                                   o.detail) for o in result.outcomes]))
     if result.new:
+        shown = result.new[:50]
+        text = DescriptionColumn.of(shown, LINE_CHARS, whole_path=True)
         lines.append(f"### New flagged training examples ({len(result.new)})\n")
-        lines.append(markdown_table(["train index", "id", "given label", "suggested", "prob", "score"],
-                                    [(e["train_index"], f"`{e['id']}`", e["given_label"], e["suggested_label"],
-                                      e["suggested_prob"], e["score"]) for e in result.new[:50]]))
+        lines.append(markdown_table(["train index", "id", "given label", "suggested", "prob", "score", *text.header],
+                                    [(e["train_index"], f"`{e['id']}`", label_text(e, "given_label"),
+                                      label_text(e, "suggested_label"), e["suggested_prob"], e["score"],
+                                      *text.cells(e)) for e in shown]))
         if len(result.new) > 50:
             lines.append(f"... and {len(result.new) - 50} more in check.json\n")
     for o in result.outcomes:
         if o.rule == "no_attack_target" and o.offenders:
             lines.append("### Flagged attack targets\n")
-            lines += [f"- {_offender(x)}" for x in o.offenders]
+            lines += [f"- {escape(_offender(x), quote=False)}" for x in o.offenders]  # Markdown renders raw HTML
             lines.append("")
     if result.baseline is not None:
         lines.append(f"Baseline: {len(result.baseline.entries)} accepted example(s), {result.accepted} still flagged, "

@@ -26,8 +26,6 @@ Everything taken from the files, the data or paths is escaped; markup is only bu
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import math
 import warnings
 from datetime import datetime, timezone
@@ -38,10 +36,12 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from influence_cli.files import atomic_write
+from influence_cli.loading.examples import described, label_text, shorten, shortened
 from influence_cli.recipe import Recipe
 from influence_cli.reports import plots
 from influence_cli.reports.sources import read_sources
-from influence_cli.reports.thumbnails import ReportInputs
+from influence_cli.reports.style import CSP, CSS
+from influence_cli.reports.thumbnails import ReportInputs, Thumbnail
 
 REPORT_FILE = "report.html"
 MAX_TESTS = 50        # test examples shown in the influence section
@@ -49,6 +49,8 @@ MAX_SUSPECTS = 50     # rows of the mislabel table
 MAX_CANDIDATES = 200  # rows of the target candidates table
 MAX_TARGETS = 20      # flagged targets shown beside their suspects
 MAX_NEIGHBOURS = 10   # proponents / opponents / suspects shown per example
+THUMB_CHARS = 120     # of a text shown as an example's input (the whole text is its tooltip)
+PATH_CHARS = 32       # of a file path shown under its picture (the whole path is its tooltip)
 
 
 def write_report(out: Path, recipe: Recipe | None = None) -> Path:
@@ -130,8 +132,9 @@ def _checks(doc: dict[str, Any], inputs: ReportInputs) -> str:
                      [r.get("rule"), "yes" if r.get("passed") else _alert("no"), r.get("value"),
                       r.get("limit"), r.get("detail")]) for r in doc.get("rules", [])])
     new = doc.get("new_flagged", [])
-    rows = [("", [_thumb(inputs, "train", e["train_index"]), e["train_index"], e.get("given_label"),
-                  e.get("suggested_label"), e.get("suggested_prob"), e.get("score")]) for e in new[:MAX_SUSPECTS]]
+    rows = [("", [_thumb(inputs, "train", e["train_index"], e), e["train_index"], label_text(e, "given_label"),
+                  label_text(e, "suggested_label"), e.get("suggested_prob"), e.get("score")])
+            for e in new[:MAX_SUSPECTS]]
     table = (f"<h3>Newly flagged ({len(new)})</h3>" + _table(
         ["input", "train index", "given", "suggested", "p(suggested)", "score"], rows)) if new else ""
     return verdict + rules + table
@@ -143,9 +146,9 @@ def _influence(doc: dict[str, Any], inputs: ReportInputs) -> str:
              'loss when trained on; opponents (smallest scores) raised it.</p>']
     for t in tests[:MAX_TESTS]:
         i = t["test_index"]
-        head = (f'<div class="subject">{_thumb(inputs, "test", i)}<div><h3>test example {_h(i)}</h3>'
-                + _kv([("label", t.get("label")), ("prediction", t.get("prediction")),
-                       ("loss taken at", t.get("loss_label"))]) + "</div></div>")
+        head = (f'<div class="subject">{_thumb(inputs, "test", i, t)}<div><h3>test example {_h(i)}</h3>'
+                + _kv([("label", label_text(t, "label")), ("prediction", label_text(t, "prediction")),
+                       ("loss taken at", label_text(t, "loss_label"))]) + "</div></div>")
         galleries = "".join(f'<div><h4>{side}</h4>{_gallery(t.get(side, []), inputs)}</div>'
                             for side in ("proponents", "opponents"))
         parts.append(f'<article class="test" id="test-{_h(i)}">{head}<div class="sides">{galleries}</div></article>')
@@ -174,8 +177,9 @@ def _mislabels(doc: dict[str, Any], inputs: ReportInputs, truth: dict[str, Any])
     header += ["flipped (truth)"] if flipped else []
     rows = []
     for e in ranking[:MAX_SUSPECTS]:
-        cells = [e.get("rank"), _thumb(inputs, "train", e["train_index"]), e["train_index"], e.get("given_label"),
-                 e.get("suggested_label"), e.get("suggested_prob"), e.get("score"), _yes(e.get("flagged"))]
+        cells = [e.get("rank"), _thumb(inputs, "train", e["train_index"], e), e["train_index"],
+                 label_text(e, "given_label"), label_text(e, "suggested_label"), e.get("suggested_prob"),
+                 e.get("score"), _yes(e.get("flagged"))]
         cells += [_yes(e["train_index"] in flipped)] if flipped else []
         rows.append(("suspect flagged" if e.get("flagged") else "suspect", cells))
     parts.append(f"<h3>Top {len(rows)} suspects</h3>" + _table(header, rows))
@@ -184,7 +188,8 @@ def _mislabels(doc: dict[str, Any], inputs: ReportInputs, truth: dict[str, Any])
 
 def _recall(ranking: Sequence[dict[str, Any]], flipped: set[int], n_total: int, n_flagged: int) -> str:
     """Recall curve and recall@k: with P flipped labels, found(k) of them in the top k,
-    recall@k = found(k) / P (k = round(fraction · N), as the demo prints) and average precision AP = (1/P) Σ_{k: top-k's k-th is flipped} found(k)/k."""
+    recall@k = found(k) / P (k = round(fraction · N), as the demo prints) and average precision
+    AP = (1/P) Σ_{k: top-k's k-th is flipped} found(k)/k."""
     found, hits, ap = [], 0, 0.0
     for k, e in enumerate(ranking, start=1):
         if e["train_index"] in flipped:
@@ -222,15 +227,20 @@ def _targets(doc: dict[str, Any], inputs: ReportInputs, truth: dict[str, Any]) -
         planted = ([("suspects that are planted poison (truth)",
                      f"{sum(s['train_index'] in poison for s in suspects)} of {len(suspects)} "
                      f"({len(poison)} planted)")] if poison else [])
-        head = (f'<div class="subject">{_thumb(inputs, "test", i)}<div><h3>flagged target: test example {_h(i)}</h3>'
-                + _kv([("anomaly score", t.get("anomaly_score")), ("rank", t.get("rank")),
-                       ("prediction", t.get("prediction")), *planted]) + "</div></div>")
+        head = (f'<div class="subject">{_thumb(inputs, "test", i, t)}<div><h3>flagged target: test example {_h(i)}'
+                "</h3>" + _kv([("anomaly score", t.get("anomaly_score")), ("rank", t.get("rank")),
+                               ("label", label_text(t, "label")), ("prediction", label_text(t, "prediction")),
+                               *planted]) + "</div></div>")
         parts.append(f'<article class="target" id="target-{_h(i)}">{head}<h4>suspects</h4>'
                      f'{_gallery(suspects, inputs)}</article>')
-    header = ["rank", "test index", "anomaly score", "prediction", "flagged"] + (["target (truth)"] if real else [])
+    inputs_shown = any(described(t) for t in cands[:MAX_CANDIDATES])
+    header = (["rank", "test index", "anomaly score", "label", "prediction", "flagged"]
+              + (["input"] if inputs_shown else []) + (["target (truth)"] if real else []))
     rows = [("candidate flagged" if t.get("flagged") else "candidate",
-             [t.get("rank"), t["test_index"], t.get("anomaly_score"), t.get("prediction"), _yes(t.get("flagged"))]
-             + ([_yes(t["test_index"] in real)] if real else [])) for t in cands[:MAX_CANDIDATES]]
+             [t.get("rank"), t["test_index"], t.get("anomaly_score"), label_text(t, "label"),
+              label_text(t, "prediction"), _yes(t.get("flagged"))]
+             + ([_described(t)] if inputs_shown else []) + ([_yes(t["test_index"] in real)] if real else []))
+            for t in cands[:MAX_CANDIDATES]]
     parts.append("<h3>All candidates</h3>" + _table(header, rows))
     return "".join(parts)
 
@@ -263,21 +273,37 @@ class Markup(str):
     gets escaped where it is placed."""
 
 
-def _thumb(inputs: ReportInputs, split: str, index: int) -> Markup:
-    """The example's picture or short text, or a placeholder when inputs are not shown."""
-    t = inputs.thumbs[split].get(index)
-    if t is None:
-        return Markup('<div class="thumb none">no input</div>')
+def _thumb(inputs: ReportInputs, split: str, index: int, entry: dict[str, Any] | None = None) -> Markup:
+    """The example's picture with its file under it, or its text (shortened; the whole text is the
+    tooltip), or a placeholder when neither the data nor the report ``entry`` shows it."""
+    t = inputs.thumbs[split].get(index) or Thumbnail()
+    found = described(entry or {})
+    path = found[1] if found is not None and found[0] == "path" else None
+    text = t.text if t.text is not None else (found[1] if found is not None and path is None else None)
     if t.image is not None:
-        return Markup(f'<img class="thumb" src="{escape(t.image)}" alt="{split} example {index}">')
-    return Markup(f'<div class="thumb text">{_h(t.text or "")}</div>')
+        body = f'<img class="thumb" src="{escape(t.image)}" alt="{split} example {index}">'
+    elif text is not None:
+        body = f'<div class="thumb text" title="{escape(text)}">{escape(shorten(text, THUMB_CHARS))}</div>'
+    else:
+        body = '<div class="thumb none">no input</div>'
+    if path is not None:  # the file under its picture
+        body = f'<div class="input">{body}{_described({"path": path}, PATH_CHARS, "path")}</div>'
+    return Markup(body)
+
+
+def _described(entry: dict[str, Any], chars: int = THUMB_CHARS, cls: str = "described") -> Markup:
+    """The entry's text or file path, shortened, with all of it as the tooltip (empty without one)."""
+    found = described(entry)
+    if found is None:
+        return Markup("")
+    return Markup(f'<div class="{cls}" title="{escape(found[1])}">{escape(shortened(entry, chars) or "")}</div>')
 
 
 def _gallery(entries: Sequence[dict[str, Any]], inputs: ReportInputs) -> str:
     if not entries:
         return '<p class="muted">none</p>'
-    items = [f'<figure class="example">{_thumb(inputs, "train", e["train_index"])}<figcaption>'
-             f'#{_h(e["train_index"])} · label {_h(e.get("label"))}<br>score {_h(e.get("score"))}'
+    items = [f'<figure class="example">{_thumb(inputs, "train", e["train_index"], e)}<figcaption>'
+             f'#{_h(e["train_index"])} · label {_h(label_text(e, "label"))}<br>score {_h(e.get("score"))}'
              "</figcaption></figure>" for e in entries[:MAX_NEIGHBOURS]]
     return '<div class="gallery">' + "".join(items) + "</div>"
 
@@ -342,40 +368,14 @@ def _flagged_targets(doc: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _page(out: Path, sections: Sequence[tuple[str, str, str]]) -> str:
     nav = "".join(f'<a href="#{sid}">{escape(title)}</a>' for sid, title, _ in sections)
-    body = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{content}</section>' for sid, title, content in sections)
+    body = "".join(f'<section id="{sid}"><h2>{escape(title)}</h2>{content}</section>'
+                   for sid, title, content in sections)
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>influence-cli report: {escape(out.resolve().name)}</title><style>{_CSS}</style></head>"
+            f"<title>influence-cli report: {escape(out.resolve().name)}</title><style>{CSS}</style></head>"
             f'<body><header><h1>influence-cli report</h1><p class="muted">{when}</p><nav>{nav}</nav></header>'
             f"<main>{body}</main></body></html>\n")
 
 
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;color:#222;background:#fafafa}
-header{background:#1f3b57;color:#fff;padding:12px 24px}header h1{margin:0;font-size:1.4em}
-header .muted{color:#c9d6e3}nav a{color:#fff;margin-right:16px;text-decoration:none;font-weight:600}
-main{padding:8px 24px;max-width:1200px}section{margin:24px 0}h2{border-bottom:2px solid #1f3b57}
-.muted{color:#777}.note{background:#fff3cd;padding:6px 10px;border-radius:4px}
-dl.kv{display:grid;grid-template-columns:max-content auto;gap:2px 12px;margin:8px 0}dl.kv dt{color:#555}
-dl.kv dd{margin:0;font-weight:600}
-article{background:#fff;border:1px solid #ddd;border-radius:6px;padding:8px 14px;margin:12px 0}
-.subject{display:flex;gap:16px;align-items:flex-start}.subject h3{margin:0 0 4px}
-.sides{display:flex;flex-wrap:wrap;gap:8px 40px}h4{margin:8px 0 4px}
-.gallery{display:flex;flex-wrap:wrap;gap:8px}figure{margin:0}
-figure.example{width:96px;font-size:11px;text-align:center}
-img.thumb{width:64px;height:64px;object-fit:contain;image-rendering:pixelated;border:1px solid #ccc;background:#000}
-td img.thumb{width:40px;height:40px}
-div.thumb{width:88px;max-height:64px;overflow:hidden;font:10px monospace;border:1px solid #ccc;padding:2px;
- text-align:left;word-break:break-all;background:#fff}
-div.thumb.none{color:#999;text-align:center}
-figure.plot img{max-width:100%}.row{display:flex;gap:24px;align-items:center;flex-wrap:wrap}
-table{border-collapse:collapse;margin:8px 0;font-size:13px}th,td{border-bottom:1px solid #ddd;padding:3px 8px;
- text-align:left;vertical-align:middle}th{background:#eef2f6}tr.flagged td{background:#fdecea}
-.alert{color:#c0392b;font-weight:700}.verdict{font-size:1.2em;font-weight:700;padding:6px 10px;border-radius:4px}
-.verdict.pass{background:#e3f4e8;color:#1e7b3c}.verdict.fail{background:#fdecea;color:#c0392b}pre{background:#fff;border:1px solid #ddd;padding:8px;overflow:auto}
-"""
-# Nothing but this style sheet (by its hash) and data: images: no script, no fetch, no form, no base.
-CSP = ("default-src 'none'; img-src data:; style-src 'sha256-"
-       + base64.b64encode(hashlib.sha256(_CSS.encode()).digest()).decode() + "'; base-uri 'none'; form-action 'none'")

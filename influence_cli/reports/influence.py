@@ -9,19 +9,26 @@ from pathlib import Path
 from rich.table import Table
 
 from influence_cli.files import atomic_write, write_json
-from influence_cli.reports.files import markdown_table, write_csv, write_summary
+from influence_cli.loading.examples import DESCRIPTION_KEYS, described, label_text
+from influence_cli.reports.entries import TERMINAL_CHARS, DescriptionColumn, cell, pick, with_names, write_rows
+from influence_cli.reports.files import markdown_table, write_summary
 from influence_cli.scoring import InfluenceResult
+
+_EXAMPLE = with_names("label") + DESCRIPTION_KEYS  # a test example's or a neighbour's columns, prefixed test_/train_
+_COLUMNS = ("test_index", *(f"test_{k}" for k in with_names("label")), *with_names("prediction"),
+            *(f"test_{k}" for k in DESCRIPTION_KEYS), "side", "rank", "train_index", "score",
+            *(f"train_{k}" for k in _EXAMPLE))
 
 
 def write_influence_reports(result: InfluenceResult, out: Path) -> list[Path]:
     """Write every ``score`` report into ``out``; returns the paths written."""
     data = result.to_dict()
     written = [write_json(out / "influence.json", data)]
-    rows = [(t["test_index"], t["label"], t["prediction"], side, rank, e["train_index"], e["score"], e["label"])
-            for t in data["test"] for side in ("proponents", "opponents")
-            for rank, e in enumerate(t[side], start=1)]
-    written.append(write_csv(out / "influence.csv", ["test_index", "test_label", "prediction", "side", "rank",
-                                                     "train_index", "score", "train_label"], rows))
+    rows = [{"test_index": t["test_index"], **pick(t, _EXAMPLE, "test_"), **pick(t, with_names("prediction")),
+             "side": side, "rank": rank, "train_index": e["train_index"], "score": e["score"],
+             **pick(e, _EXAMPLE, "train_")}
+            for t in data["test"] for side in ("proponents", "opponents") for rank, e in enumerate(t[side], start=1)]
+    written.append(write_rows(out / "influence.csv", _COLUMNS, rows))
     written.append(write_summary(out, "score", _summary(data)))
     if result.passes.matrix is not None:
         from safetensors.torch import save
@@ -40,47 +47,37 @@ def _summary(data: dict) -> str:
     lines = [f"# Influence ({data['method']})", "", f"{len(data['test'])} test example(s); "
              f"{len(data['checkpoints'])} checkpoint(s).", "", ckpts]
     for t in data["test"][:20]:
-        lines.append(f"## Test example {t['test_index']} (label {t['label']}, prediction {t['prediction']})\n")
-        if _described(t):
-            lines.append(f"{escape(_described(t), quote=False)}\n")  # Markdown renders raw HTML
+        lines.append(f"## Test example {t['test_index']} (label {label_text(t, 'label')}, "
+                     f"prediction {label_text(t, 'prediction')})\n")
+        found = described(t)
+        if found is not None:
+            lines.append(f"{escape(found[1], quote=False)}\n")  # Markdown renders raw HTML
         best = max(len(t["proponents"]), len(t["opponents"]))
         rows = []
         for r in range(min(best, 5)):
             p = t["proponents"][r] if r < len(t["proponents"]) else None
             o = t["opponents"][r] if r < len(t["opponents"]) else None
-            rows.append((r + 1, *(("", "", "") if p is None else (_cell(p), p["label"], p["score"])),
-                         *(("", "", "") if o is None else (_cell(o), o["label"], o["score"]))))
+            rows.append((r + 1, *(("", "", "") if p is None else (cell(p), label_text(p, "label"), p["score"])),
+                         *(("", "", "") if o is None else (cell(o), label_text(o, "label"), o["score"]))))
         lines.append(markdown_table(["rank", "proponent", "label", "score", "opponent", "label", "score"], rows))
     if len(data["test"]) > 20:
         lines.append(f"... and {len(data['test']) - 20} more test examples in influence.json\n")
     return "\n".join(lines)
 
 
-DESCRIPTION_KEYS = ("text", "path", "description")  # what Examples.describe may add to an entry
-CELL_CHARS = 60
-
-
-def _described(entry: dict) -> str | None:
-    """The entry's text or file path (see ``Examples.describe``), if it has one."""
-    return next((str(entry[k]) for k in DESCRIPTION_KEYS if k in entry), None)
-
-
-def _cell(entry: dict) -> str:
-    """A ranked example as ``index`` or ``index: text…`` (shortened to fit a table cell)."""
-    text = _described(entry)
-    if text is None:
-        return str(entry["train_index"])
-    text = text if len(text) <= CELL_CHARS else text[:CELL_CHARS - 1] + "…"
-    return f"{entry['train_index']}: {text}"
-
-
 def influence_table(result: InfluenceResult, rows: int = 5, per_side: int = 3) -> Table:
     """The first test examples with their top proponents and opponents, as a rich table."""
     data = result.to_dict()
-    table = Table(title=f"Influence ({data['method']}), first {min(rows, len(data['test']))} test examples")
-    for col in ("test", "label", "pred", "top proponents (index:score)", "top opponents (index:score)"):
+    shown = data["test"][:rows]
+    text = DescriptionColumn.of(shown, TERMINAL_CHARS)
+    table = Table(title=f"Influence ({data['method']}), first {len(shown)} test examples")
+    for col in ("test", "label", "pred"):
         table.add_column(col)
-    for t in data["test"][:rows]:
+    text.add_to(table)
+    for col in ("top proponents (index:score)", "top opponents (index:score)"):
+        table.add_column(col)
+    for t in shown:
         fmt = lambda side: ", ".join(f"{e['train_index']}:{e['score']:.3g}" for e in t[side][:per_side])  # noqa: E731
-        table.add_row(str(t["test_index"]), str(t["label"]), str(t["prediction"]), fmt("proponents"), fmt("opponents"))
+        table.add_row(str(t["test_index"]), str(label_text(t, "label")), str(label_text(t, "prediction")),
+                      *text.cells(t), fmt("proponents"), fmt("opponents"))
     return table

@@ -7,10 +7,10 @@ re-reading it runs no code: formats ``tensors`` (``weights_only`` unpickling or 
 ``jsonl``/``csv`` (tokenizers load with ``trust_remote_code=False``), ``imagefolder``, and
 ``torchvision`` datasets other than :data:`UNPICKLING_DATASETS`; never ``factory``.
 
-An input is drawn as an image when it looks like one: a 2-D tensor (H×W), or 1×H×W / 3×H×W
-(channels first). Each image is min–max scaled to [0, 1] on its own, x ↦ (x − min) / (max − min),
-and inlined as a PNG ``data:`` URI. Anything else (feature vectors, token ids, dicts of tensors)
-becomes a short text.
+A text example (``jsonl``/``csv``) is shown as its own text, not its token ids. Any other input is
+drawn as an image when it looks like one: a 2-D tensor (H×W), or 1×H×W / 3×H×W (channels first).
+Each image is min–max scaled to [0, 1] on its own, x ↦ (x − min) / (max − min), and inlined as a
+PNG ``data:`` URI. Anything else (feature vectors, token ids, dicts of tensors) becomes a short text.
 """
 
 from __future__ import annotations
@@ -106,8 +106,11 @@ def recorded_recipe(run: dict[str, Any], docs: dict[str, dict[str, Any]]) -> Rec
 
 
 def thumbnails(examples: Examples, indices: Iterable[int], batch_size: int = 256) -> dict[int, Thumbnail]:
-    """Thumbnails of the examples at ``indices`` (each fetched once, in batches)."""
+    """Thumbnails of the examples at ``indices`` (each fetched once, in batches); a text example's is
+    its whole text."""
     wanted = sorted({int(i) for i in indices if 0 <= int(i) < len(examples)})
+    if examples.describe_key == "text":
+        return {i: Thumbnail(text=examples.describe(i, limit=None)) for i in wanted}
     out: dict[int, Thumbnail] = {}
     for start in range(0, len(wanted), batch_size):
         idx = torch.tensor(wanted[start:start + batch_size], dtype=torch.long)

@@ -231,11 +231,11 @@ def test_markdown_reports_and_step_summary(tmp_path: Path, monkeypatch: pytest.M
 def test_too_few_watched_candidates_name_the_recipe_key(tmp_path) -> None:
     from types import SimpleNamespace
 
-    from influence_cli.audits.check import _candidates
+    from influence_cli.audits.check import watched_candidates
     from influence_cli.errors import RecipeError
 
     session = SimpleNamespace(test=[0] * 5, recipe=SimpleNamespace(source="r.yaml"))
     spec = SimpleNamespace(test_indices=[0], candidates=[1])
     with pytest.raises(RecipeError, match=r"^r.yaml: checks.no_attack_target.candidates: target-identify compares "
                                           r"candidates; give at least 3 distinct test examples \(got 2\)$"):
-        _candidates(session, spec)
+        watched_candidates(session, spec)

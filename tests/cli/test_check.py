@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from conftest import TINY_MODELS
 from fixtures.tiny_models import build_mlp
 from influence_cli.cli import app
+from influence_cli.errors import DataError
 
 N, FLIPS, SEP = 240, 36, 6.0      # 15% of the labels flipped in the noisy run
 RULES = {"max_flagged_mislabel_fraction": 0.02, "max_flagged_mislabel_per_class": 2}
@@ -184,6 +185,25 @@ def test_usage_errors_exit_2_with_one_line(runs: dict[str, Any], tmp_path: Path,
     assert words in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_first_run_works_before_the_recipes_baseline_exists(runs: dict[str, Any], tmp_path: Path) -> None:
+    """The CI set-up of the docs: the recipe names `checks.baseline` before any run has written it. The
+    missing file is an empty baseline, said once; `--update-baseline` then creates it. A missing file
+    named with `--baseline FILE` stays an error (test_usage_errors_exit_2_with_one_line)."""
+    recipe = _recipe(tmp_path, runs["x"], runs["noisy"], runs["noisy_ckpts"],
+                     {"max_new_flagged": 0, "baseline": "checks-baseline.json"})
+    baseline = tmp_path / "checks-baseline.json"
+    first = runner.invoke(app, ["check", str(recipe), "--format", "json"])
+    assert first.exit_code == 1, first.output  # the planted flips are new: a finding, not a broken recipe
+    warning = (f"warning: checks.baseline {baseline} does not exist yet: no example is accepted; create it with "
+               "--update-baseline")
+    assert first.stderr.replace("\n", " ").count(warning) == 1, first.stderr
+    report = json.loads(first.stdout)
+    assert report["baseline"] == {"entries": 0, "accepted": 0, "disappeared": []} and not baseline.exists()
+    assert _check(recipe, "--update-baseline")[0] == 0 and baseline.is_file()
+    again = runner.invoke(app, ["check", str(recipe), "--quiet"])
+    assert again.exit_code == 0 and "does not exist" not in again.stderr
+
+
 def test_the_library_and_the_cli_give_the_same_verdict(runs: dict[str, Any], tmp_path: Path) -> None:
     """``influence_cli.check(load_recipe(r))`` honours and updates the recipe's ``checks.baseline``
     exactly as ``influence-cli check r`` does."""
@@ -196,6 +216,10 @@ def test_the_library_and_the_cli_give_the_same_verdict(runs: dict[str, Any], tmp
     lib = check(load_recipe(recipe)).to_dict()
     assert code == 0 and lib["passed"] and lib["baseline"] == cli["baseline"] and lib["flagged"] == cli["flagged"] > 0
     (tmp_path / "accepted.json").unlink()
+    with pytest.warns(UserWarning, match=r"checks\.baseline .*accepted\.json does not exist yet"):
+        assert check(load_recipe(recipe)).to_dict()["baseline"]["entries"] == 0  # the recipe's file: empty
+    with pytest.raises(DataError, match="accepted.json: baseline file not found"):
+        check(load_recipe(recipe), baseline=tmp_path / "accepted.json")  # a path given explicitly: an error
     updated = check(load_recipe(recipe), update_baseline=True)
     assert updated.passed and (tmp_path / "accepted.json").read_bytes() == accepted
     assert not check(load_recipe(recipe), baseline=None).passed  # the same flags, nothing accepted: fails

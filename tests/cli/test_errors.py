@@ -241,7 +241,8 @@ MORE_CASES = {
                             "data.train.root: not a folder: {dir}/imgs", ()),
     "test-index-out-of-range": ({}, lambda r: None, "--test-indices: index 99 is out of range for 2 examples",
                                 ("--test-indices", "99")),
-    "test-indices-unreadable": ({}, lambda r: None, "--test-indices: cannot read 'a:b'; use '0,3,7' or '0:100'",
+    "test-indices-unreadable": ({}, lambda r: None, "--test-indices: cannot read 'a:b'; use '0,3,7', '0:100' (end exclusive) "
+                                "or a mix ('0:10,15')",
                                 ("--test-indices", "a:b")),
 }
 

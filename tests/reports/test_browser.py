@@ -1,8 +1,10 @@
 """A real browser opens the report: headless Chromium renders the demo's report and a report with
-every section; the screenshot is not blank, the DOM has the sections, the console is silent."""
+every section; the screenshot is not blank, the DOM has the sections, the console is silent; on an
+imagefolder run and a Trainer text run the rendered page names the classes and shows the files and texts."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -11,8 +13,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from fixtures.audit_runs import image_audit, text_audit
+from fixtures.hf_runs import LONG_TEXT
 from influence_cli.cli import app
-from influence_cli.reports.html import REPORT_FILE, write_report
+from influence_cli.loading.examples import shorten
+from influence_cli.reports.html import REPORT_FILE, THUMB_CHARS, write_report
 from reports.test_html import N_TEST, make_run
 
 CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
@@ -71,3 +76,35 @@ def test_report_renders_in_chromium(which: str, sections: tuple[str, ...], tests
     background = max(colours)[0] / (image.width * image.height)
     assert len(colours) > 100 and background < 0.9  # not blank: text, thumbnails, plots
     assert all(abs(a - b) <= 2 for a, b in zip(image.getpixel((5, 5)), HEADER_RGB))  # the CSS was applied
+
+
+@pytest.fixture(scope="module")
+def image_dom(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The imagefolder audit's folder and its report as Chromium renders it."""
+    audit = image_audit(tmp_path_factory)
+    dom = chromium(audit / REPORT_FILE, tmp_path_factory.mktemp("profile"), "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return audit, dom.stdout
+
+
+@pytest.fixture(scope="module")
+def text_dom(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The Trainer text audit's report as Chromium renders it."""
+    dom = chromium(text_audit(tmp_path_factory) / REPORT_FILE, tmp_path_factory.mktemp("profile"), "--dump-dom")
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
+def test_rendered_report_names_classes_and_shows_files(image_dom: tuple[Path, str]) -> None:
+    audit, dom = image_dom
+    first = json.loads((audit / "mislabels.json").read_text())["ranking"][0]
+    assert f"<td>{first['given_label_name']} ({first['given_label']})</td>" in dom
+    tail = "/".join(Path(first["path"]).parts[-2:])
+    assert re.search(f'<div class="path" title="{re.escape(first["path"])}">…/[^<]*{re.escape(tail)}</div>',
+                     dom)  # the file under its picture, whole in the tooltip
+
+
+def test_rendered_report_shows_texts(text_dom: str) -> None:
+    assert "<dd>neg (0)</dd>" in text_dom or "<dd>pos (1)</dd>" in text_dom
+    assert f'<div class="thumb text" title="{LONG_TEXT}">{shorten(LONG_TEXT, THUMB_CHARS)}</div>' in text_dom
+    assert "input_ids" not in text_dom
