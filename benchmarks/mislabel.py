@@ -35,7 +35,7 @@ import torch
 import yaml
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from influence_cli.audits.mislabel import POSITIVE_SIGNALS, FlagRule, combine, compute_signals, signal_z
+from influence_cli.audits.mislabel import FlagRule, combine, compute_signals, cut_z, signal_z
 from influence_cli.demo import TrainSchedule, make_digits_run, train_model
 from influence_cli.loading.imports import import_callable
 from influence_cli.methods import MislabelMethod
@@ -80,11 +80,11 @@ def auto_flags(signals: dict[MislabelMethod, torch.Tensor], flipped: torch.Tenso
     out = {}
     for method in methods:
         scores = combine(signals, method)
-        z = signal_z(scores, method in POSITIVE_SIGNALS)
+        z = cut_z(signals, method)
         out[f"{method.value} auto"] = flag_metrics(first(scores, FlagRule().count(z, -signals[MislabelMethod.AUM])),
                                                    flipped)
         if method is MislabelMethod.COMBINED:
-            out[f"combined ẑ > {Z_ONLY} alone"] = flag_metrics(z > Z_ONLY, flipped)
+            out[f"combined ẑ > {Z_ONLY} alone"] = flag_metrics(signal_z(scores, False) > Z_ONLY, flipped)
     return out
 
 

@@ -15,29 +15,38 @@ Order of work, for C checkpoints, M query and N training examples:
 
 The training-batch loop is outside the checkpoint loop so that the sum over checkpoints is
 complete before top-k selection; every checkpoint's weights therefore stay loaded.
+
+The influence functions ``ekfac`` and ``arnoldi`` use the final checkpoint only (:func:`checkpoint_terms`):
+their preconditioner P ≈ G⁻¹ is fitted once per session (:func:`curvature`), the query side holds
+P g(z′), the training side g(z), and the self-influence is g(z)ᵀ P g(z).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
 from influence_cli import distributed
-from influence_cli.errors import GradientError, InfluenceError
+from influence_cli.curvature.arnoldi import Arnoldi, fit_arnoldi
+from influence_cli.curvature.ekfac import EKFAC, fit_ekfac
+from influence_cli.errors import GradientError, InfluenceError, ParameterError
 from influence_cli.estimators import layer_weights, self_influence_term
-from influence_cli.gradients.per_example import GradientBatch
+from influence_cli.gradients.per_example import FlatGrads, GradientBatch
 from influence_cli.loading.examples import Examples
-from influence_cli.methods import Method
+from influence_cli.methods import CURVATURE_METHODS, Method
 from influence_cli.progress import NoProgress, Progress
+from influence_cli.recipe import CurvatureSpec
 from influence_cli.session import Session
 from influence_cli.topk import StreamingTopK, merge_topk
 
 
 @dataclass
 class QueryFeatures:
-    """Weighted query gradients w·g_c(z′), one batch of M per checkpoint (flat [M, D] or factorised)."""
+    """Weighted query gradients w·g_c(z′), one batch of M per checkpoint term of :func:`checkpoint_terms`
+    (flat [M, D] or factorised; ``ekfac``: the preconditioned P g(z′) at the final checkpoint)."""
 
     indices: torch.Tensor
     labels: torch.Tensor
@@ -119,14 +128,55 @@ def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
                                 "check that example's inputs and label")
 
 
+def checkpoint_terms(session: Session, method: Method) -> list[tuple[int, float]]:
+    """The (checkpoint c, weight) pairs a method sums over: every c with η_c; ``ekfac``, ``arnoldi``: the
+    final checkpoint with weight 1 (its curvature is the final model's)."""
+    if method in CURVATURE_METHODS:
+        return [(len(session.weights) - 1, 1.0)]
+    return list(enumerate(session.learning_rates))
+
+
+def curvature(session: Session, method: Method) -> EKFAC | Arnoldi:
+    """The session's preconditioner P ≈ G⁻¹ for ``ekfac`` or ``arnoldi`` at the final checkpoint,
+    fitted over the training set on first use (see :mod:`influence_cli.curvature`) and kept per method and
+    layer selection."""
+    key = f"{method}:{','.join(session.layout.names)}"
+    if key not in session.curvature:
+        if session.recipe.projection is not None:
+            raise ParameterError("method", f"{method} needs exact gradients; remove `projection` from the recipe")
+        spec, s = session.recipe.curvature or CurvatureSpec(), session
+
+        def batches() -> Iterator[tuple[object, torch.Tensor]]:
+            return (s.to_device(x, y) for _, x, y in s.train.batches(s.recipe.batch_size))
+
+        if method is Method.ARNOLDI:
+            session.curvature[key] = fit_arnoldi(s.model, s.weights[-1], s.layout, s.loss_fn, batches,
+                                                    len(s.train), eigenpairs=spec.eigenpairs,
+                                                    iterations=spec.iterations or 2 * spec.eigenpairs, seed=spec.seed)
+        elif not s.is_classifier:
+            raise ParameterError("method", f"ekfac samples labels from the model's softmax and needs a "
+                                           f"classification loss, not {s.recipe.loss!r}")
+        else:
+            session.curvature[key] = fit_ekfac(s.model, s.weights[-1], s.layout, s.loss_fn,
+                                                  lambda: (x for x, _ in batches()), damping=spec.damping,
+                                                  seed=spec.seed)
+    return session.curvature[key]
+
+
 def weighted_batch(session: Session, method: Method, c: int, x: object, y: torch.Tensor,
               train_idx: torch.Tensor | None = None) -> tuple[GradientBatch, torch.Tensor, torch.Tensor]:
     """(w·g_c, Σ_l w_l²‖g^l‖², finite flags) for one batch at checkpoint c; a training batch
-    (``train_idx`` given) goes through the session's gradient store."""
+    (``train_idx`` given) goes through the session's gradient store. ``ekfac``: (P g for a query batch,
+    g for a training batch; gᵀ P g; finite flags), P the preconditioner of :func:`curvature`; ``arnoldi`` alike."""
     if train_idx is None:
         g = session.gradients(session.weights[c], x, y)
     else:
         g = session.train_gradients(c, train_idx, x, y)
+    if method in CURVATURE_METHODS:
+        flat = FlatGrads(g.g, g.layout)  # type: ignore[attr-defined]
+        pg = curvature(session, method).precondition(flat)
+        self_term = (pg.g * flat.g).sum(1).to(session.score_dtype)
+        return (pg if train_idx is None else flat), self_term, torch.isfinite(self_term)
     sq = g.layer_sq_norms().to(session.score_dtype)
     w = layer_weights(sq, method)
     return g.scaled(w), self_influence_term(sq, w), torch.isfinite(sq).all(1)
@@ -169,7 +219,7 @@ def query_example_bytes(session: Session, method: Method, indices: torch.Tensor,
     x, _ = session.test.batch(idx)  # type: ignore[union-attr]
     x, y = session.to_device(x, labels[:len(idx)])
     feats, _, _ = weighted_batch(session, method, 0, x, y)
-    return nbytes(feats) / len(idx) * len(session.weights)
+    return nbytes(feats) / len(idx) * len(checkpoint_terms(session, method))
 
 
 def query_chunk(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> int:
@@ -204,8 +254,9 @@ def query_features(session: Session, method: Method, indices: torch.Tensor, labe
     progress = progress or NoProgress()
     bs = session.recipe.batch_size
     per_checkpoint = []
-    with progress.task("test gradients", total=len(indices) * len(session.weights)) as advance:
-        for c in range(len(session.weights)):
+    terms = checkpoint_terms(session, method)
+    with progress.task("test gradients", total=len(indices) * len(terms)) as advance:
+        for c, _ in terms:
             parts = []
             for start in range(0, len(indices), bs):
                 idx = indices[start:start + bs]
@@ -258,22 +309,22 @@ def local_train_pass(session: Session, method: Method, query: QueryFeatures | No
     bottom = StreamingTopK(m, k, largest=False, device=session.device, dtype=session.score_dtype)
     r = min(column_best, m)
     self_parts, blocks, col_parts = [], [], []
-    rates = session.learning_rates
+    terms = checkpoint_terms(session, method)
     with progress.task("train gradients", total=len(indices)) as advance:
         for idx, x, y in session.train.batches(session.recipe.batch_size, indices):
             x, y = session.to_device(x, y)
             block = torch.zeros(m, len(idx), device=session.device, dtype=session.score_dtype)
             self_inf = torch.zeros(len(idx), device=session.device, dtype=session.score_dtype)
             finite = []
-            for c, lr in enumerate(rates):
+            for j, (c, lr) in enumerate(terms):
                 feats, self_term, ok = weighted_batch(session, method, c, x, y, idx)
                 self_inf += lr * self_term
-                finite.append(ok)
+                finite.append((c, ok))
                 if query is not None:
-                    block += lr * query.per_checkpoint[c].dot(feats)
+                    block += lr * query.per_checkpoint[j].dot(feats)
             self_cpu = self_inf.cpu()  # the batch's one host sync; the check below reads the copy
             if not bool(torch.isfinite(self_cpu).all()):
-                _raise_non_finite(session, session.train, idx, list(enumerate(finite)))
+                _raise_non_finite(session, session.train, idx, finite)
             cols = idx.to(session.device)
             if m:
                 top.update(block, cols)

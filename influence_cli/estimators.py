@@ -22,6 +22,9 @@ method        w_l(g)                       meaning
 Positive scores are *proponents* (a gradient step on z lowered the loss on z′), negative
 scores *opponents*. Self-influence is I(z, z) = Σ_c η_c Σ_l w_l² ‖g_c^l(z)‖².
 
+The influence functions ``ekfac`` and ``arnoldi`` are not of this form: g′ᵀ(G + λI)⁻¹g at the final
+checkpoint, see :mod:`influence_cli.curvature`.
+
 Zero gradients: a zero-norm gradient (or layer block) gets weight 0, so its cosine is defined
 as 0 rather than NaN; it neither promotes nor opposes anything.
 """
@@ -30,12 +33,15 @@ from __future__ import annotations
 
 import torch
 
-from influence_cli.methods import Method, choose
+from influence_cli.errors import ParameterError
+from influence_cli.methods import CURVATURE_METHODS, Method, choose
 
 
 def layer_weights(sq_norms: torch.Tensor, method: Method | str) -> torch.Tensor:
     """w_l for every example and layer from the layer squared norms ‖g^l‖² ([B, L] → [B, L])."""
     method = choose(Method, method, "method")
+    if method in CURVATURE_METHODS:
+        raise ParameterError("method", f"{method} preconditions gradients (influence_cli.curvature), no layer weights")
     if method is Method.TRACIN:
         return torch.ones_like(sq_norms)
     norms = sq_norms.sum(1, keepdim=True).expand_as(sq_norms) if method is Method.GAS else sq_norms

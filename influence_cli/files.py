@@ -9,11 +9,11 @@ import json
 import math
 import os
 import secrets
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from influence_cli import distributed
 from influence_cli.errors import InfluenceError
 
 try:
@@ -22,6 +22,16 @@ except ImportError:  # Windows: no advisory locks; concurrent commands into one 
     fcntl = None  # type: ignore[assignment]
 
 LOCK_FILE = ".influence-cli.lock"
+
+
+def _is_main() -> bool:
+    """Rank 0 of a torchrun job (or no torchrun), without importing torch when it is not loaded yet:
+    then no process group can exist and the ``RANK`` variable decides."""
+    if "torch" not in sys.modules:
+        return os.environ.get("RANK", "0") in ("", "0")
+    from influence_cli.distributed import is_main
+
+    return is_main()
 
 
 def _cannot_write(path: Path, exc: OSError) -> InfluenceError:
@@ -34,7 +44,7 @@ def atomic_write(path: Path, data: str | bytes) -> Path:
     Under ``torchrun`` every rank computes the same reports and only rank 0 writes them (W ranks
     writing one file on a shared disk would race); other ranks return ``path`` unwritten.
     """
-    if not distributed.is_main():
+    if not _is_main():
         return path
     tmp = path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(6)}.part")
     try:
@@ -60,7 +70,7 @@ def folder_lock(folder: Path) -> Iterator[None]:
     removed file retries on the current one. Without ``fcntl`` (Windows), or on ranks other than
     0 (which write nothing), it does not lock.
     """
-    if fcntl is None or not distributed.is_main():
+    if fcntl is None or not _is_main():
         yield
         return
     path = folder / LOCK_FILE

@@ -11,6 +11,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from influence_cli.loading.causal_lm import IGNORED_TOKEN
 from influence_cli.loading.imports import import_callable
 from influence_cli.recipe import Recipe
 
@@ -32,10 +33,24 @@ def _bce_with_logits(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
     return loss.flatten(1).mean(1)
 
 
+def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token negative log-likelihood of a causal LM over the counted tokens S:
+
+        ℓ = −(1/|S|) Σ_{t∈S} log softmax(logits_{t−1})[x_t],   S = {t ≥ 1 : targets_t ≠ −100}
+
+    ``logits`` [B, T, V]; ``targets`` [B, T′ ≥ T] are the input ids with ignored tokens set to
+    −100 (columns past T, batch padding, are all ignored and dropped). No counted token: ℓ = 0.
+    """
+    targets = targets[:, 1:logits.shape[1]]
+    nll = F.cross_entropy(logits[:, :-1].transpose(1, 2), targets, ignore_index=IGNORED_TOKEN, reduction="none")
+    return nll.sum(1) / (targets != IGNORED_TOKEN).sum(1).clamp(min=1)
+
+
 BUILTIN_LOSSES: dict[str, LossFn] = {
     "cross_entropy": _cross_entropy,
     "mse": _mse,
     "bce_with_logits": _bce_with_logits,
+    "token_nll": _token_nll,
 }
 
 CLASSIFICATION_LOSSES = ("cross_entropy",)

@@ -22,11 +22,18 @@ class Choice(str, Enum):
 
 
 class Method(Choice):
-    """The influence estimator (see :mod:`influence_cli.estimators` for the formulas)."""
+    """The influence estimator (see :mod:`influence_cli.estimators` for the formulas; ``ekfac``:
+    :mod:`influence_cli.curvature.ekfac`)."""
 
     TRACIN = "tracin"
     GAS = "gas"
     GAS_L = "gas-l"
+    EKFAC = "ekfac"
+    ARNOLDI = "arnoldi"
+
+
+#: Influence functions g′ᵀ(G + λI)⁻¹g at the final checkpoint (:mod:`influence_cli.curvature`).
+CURVATURE_METHODS = (Method.EKFAC, Method.ARNOLDI)
 
 
 class MislabelMethod(Choice):
@@ -37,6 +44,7 @@ class MislabelMethod(Choice):
     AUM = "aum"
     LOSS = "loss"
     COMBINED = "combined"
+    EKFAC = "ekfac"
 
 
 class TestLabels(Choice):

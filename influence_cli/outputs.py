@@ -29,13 +29,10 @@ from typing import Any, Callable, Iterator, Literal, Sequence
 from influence_cli.errors import DataError, InfluenceError
 from influence_cli.loading.inputs import recipe_inputs
 from influence_cli.recipe import Recipe
+from influence_cli.reports.run_info import REPORT_FILES
 
 Kind = Literal["folder", "baseline", "junit"]
 
-# Every file a command may write into its output folder.
-REPORT_FILES = ("influence.json", "influence.csv", "scores.safetensors", "mislabels.json", "mislabels.csv",
-                "targets.json", "targets.csv", "suspects.txt", "check.json", "check.md", "summary.md", "run.json",
-                "report.html", "ground_truth.json")
 
 
 @dataclass(frozen=True)

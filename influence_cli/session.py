@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from influence_cli.errors import DataError, RecipeError, first_line
+from influence_cli.curvature.arnoldi import Arnoldi
+from influence_cli.curvature.ekfac import EKFAC
+from influence_cli.errors import DataError, InfluenceError, RecipeError, first_line
 from influence_cli.gradients.factorized import FactorizedGradients
 from influence_cli.gradients.layers import ParamLayout, select_parameters
 from influence_cli.gradients.per_example import (
@@ -70,6 +72,7 @@ class Session:
     loss_fn: LossFn
     layout: ParamLayout
     store: GradientStore | None = None
+    curvature: dict[str, EKFAC | Arnoldi] = field(default_factory=dict)  # engine.curvature's fits, kept
     gradients: HalveOnOutOfMemory = field(init=False)  # factorised / torch.func / projected, halving on OOM
 
     def __post_init__(self) -> None:
@@ -139,6 +142,15 @@ class Session:
     @property
     def is_classifier(self) -> bool:
         return self.recipe.loss in CLASSIFICATION_LOSSES
+
+    def require_classifier(self, command: str) -> None:
+        """One line saying that the label-based ``command`` needs class labels, when the run has none."""
+        if self.recipe.model.task == "causal-lm":
+            raise InfluenceError(f"model.task: {command} needs a classification task; a causal-lm model has "
+                                 "next-token targets, not class labels")
+        if not self.is_classifier:
+            raise InfluenceError(f"loss: {command} needs a classification loss (cross_entropy), "
+                                 f"not {self.recipe.loss!r}")
 
     def to_device(self, inputs: Inputs, labels: torch.Tensor) -> tuple[Inputs, torch.Tensor]:
         """Move a batch to the device: floating inputs and regression targets take the run's dtype,

@@ -160,5 +160,15 @@ def tiny_recipe(tmp_path: Path) -> Callable[..., TinyRun]:
     return lambda kind="mlp", **kw: write_tiny_recipe(tmp_path / f"{kind}{next(counter)}", kind, **kw)
 
 
+@pytest.fixture(scope="module")
+def one_thread() -> Any:
+    """PyTorch on one CPU thread for a test module (restored after): on a shared machine more threads
+    than free cores make small models many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 __all__ = ["ATOL", "CAPTUM_RTOL", "RTOL", "TinyRun", "make_inputs", "random_state", "save_checkpoint",
            "write_tiny_recipe"]

@@ -3,7 +3,9 @@
 Deliberately naive and independent of the library's fast path: the model is rebuilt, each
 checkpoint is loaded with ``load_state_dict``, and each example's gradient is one
 ``torch.autograd.grad`` call on a batch of one (an explicit Python loop, no ``vmap``, no
-``functional_call``). transformers models get their plain 2D ``attention_mask``.
+``functional_call``). transformers models get their plain 2D ``attention_mask``. Inputs and
+labels may also be lists of single examples (batch of one, unpadded: token sequences of their
+own lengths), e.g. for a causal LM with :func:`next_token_nll`.
 
 Notation: N train, M test, C checkpoints with learning rates η_c, g_c(z) the per-example loss
 gradient at checkpoint c, g_c^l(z) its block for layer l (the module owning the parameters).
@@ -25,12 +27,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-Inputs = torch.Tensor | dict[str, torch.Tensor]
+Inputs = torch.Tensor | dict[str, torch.Tensor] | list[torch.Tensor] | list[dict[str, torch.Tensor]]
 LayerGrads = dict[str, torch.Tensor]  # owning module name -> flat float64 gradient of one example
 
 
 def cross_entropy(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(out, y)
+
+
+def next_token_nll(out: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """One sequence's −(1/|S|) Σ_{t∈S} log softmax(out_{t−1})[targets_t], S = {t ≥ 1 : targets_t ≠ −100},
+    term by term. ``out`` [1, T, V], ``targets`` [1, T]."""
+    logp = torch.log_softmax(out[0], dim=-1)
+    terms = [-logp[t - 1, int(targets[0, t])] for t in range(1, targets.shape[1]) if int(targets[0, t]) != -100]
+    return torch.stack(terms).mean()
 
 
 def _logits(out: object) -> torch.Tensor:
@@ -47,13 +57,15 @@ def _state(ckpt: Mapping[str, torch.Tensor] | str | Path) -> Mapping[str, torch.
 
 
 def _example(inputs: Inputs, i: int) -> Inputs:
+    if isinstance(inputs, list):
+        return inputs[i]
     if isinstance(inputs, dict):
         return {k: v[i:i + 1] for k, v in inputs.items()}
     return inputs[i:i + 1]
 
 
 def reference_grads(model_factory: Callable[[], nn.Module], ckpts: Sequence[Mapping[str, torch.Tensor] | str | Path],
-                    inputs: Inputs, labels: torch.Tensor, layer_names: Sequence[str] | None = None,
+                    inputs: Inputs, labels: torch.Tensor | list[torch.Tensor], layer_names: Sequence[str] | None = None,
                     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = cross_entropy,
                     ) -> list[list[LayerGrads]]:
     """``grads[c][i][layer]``: example i's float64 gradient at checkpoint c, one example at a time.
@@ -75,7 +87,7 @@ def reference_grads(model_factory: Callable[[], nn.Module], ckpts: Sequence[Mapp
                 pred = _logits(model(**x))
             else:
                 pred = _logits(model(x.to(torch.float64) if x.is_floating_point() else x))
-            value = loss(pred, labels[i:i + 1])
+            value = loss(pred, _example(labels, i))
             grads = torch.autograd.grad(value, [p for _, p in named], allow_unused=True)
             layers: LayerGrads = {}
             for (name, p), g in zip(named, grads):

@@ -72,3 +72,12 @@ def test_the_cli_starts_without_torch():
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "[]"
+
+
+def test_a_recipe_error_comes_before_torch_loads():
+    """A missing or malformed recipe is reported without paying PyTorch's import (seconds)."""
+    code = ("import sys; from influence_cli.cli import app; from typer.testing import CliRunner; "
+            "r = CliRunner().invoke(app, ['score', 'no-such-recipe.yaml']); assert r.exit_code == 2, r.output; "
+            "print('torch' in sys.modules)")
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert (res.returncode, res.stdout.strip()) == (0, "False"), res.stderr

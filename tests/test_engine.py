@@ -14,7 +14,7 @@ from influence_cli import Session, load_recipe
 from influence_cli import engine
 from influence_cli.engine import QueryFeatures, TrainPassResult, query_features, train_pass
 from influence_cli.errors import GradientError
-from influence_cli.methods import Method
+from influence_cli.methods import CURVATURE_METHODS, Method
 from reference import LayerGrads, reference_grads, reference_scores, reference_self_influence
 
 N_TRAIN, N_TEST, K = 9, 3, 3  # batch_size 4: the training pass streams batches of 4, 4 and 1
@@ -49,7 +49,7 @@ def _assert_topk(pair: tuple[torch.Tensor, torch.Tensor], matrix: torch.Tensor, 
     torch.testing.assert_close(pair[0], want.values, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("method", list(Method), ids=str)
+@pytest.mark.parametrize("method", [m for m in Method if m not in CURVATURE_METHODS], ids=str)  # test_ekfac/arnoldi
 def test_streaming_topk_equals_the_full_matrix_and_the_reference(case, method):
     query = _query(case, method)
     assert query.indices.tolist() == list(range(N_TEST)) and len(query.per_checkpoint) == 2

@@ -187,13 +187,15 @@ def test_stages_follow_the_commands_passes(tiny_recipe):
     assert stages(plan(recipe, test_indices=[0, 2])) == [
         [("predictions", 2, 1), ("test gradients", 2, 2), ("train gradients", 8, 2)]]
     combined = plan(recipe, command="mislabel-detect")
-    assert stages(combined) == [[("forward passes", 8, 2), ("train gradients", 8, 2)]]
-    assert [x.name for x in combined.parts[0].layers] == ["fc"]  # combined: the last layer's self-influence
+    assert stages(combined) == [[("forward passes", 8, 2)]] and combined.parts[0].layers == ()  # output signals
+    last = plan(recipe, command="mislabel-detect", method="tracin-last")
+    assert stages(last) == [[("forward passes", 8, 2), ("train gradients", 8, 2)]]
+    assert [x.name for x in last.parts[0].layers] == ["fc"]  # the last layer's self-influence
     aum = plan(recipe, command="mislabel-detect", method="aum")
     assert stages(aum) == [[("forward passes", 8, 2)]] and aum.parts[0].layers == ()
     assert aum.memory_bytes == aum.weights_bytes
     checked = plan(recipe, command="check")
-    assert [part.label for part in checked.parts] == ["mislabel-detect (combined), last layer",
+    assert [part.label for part in checked.parts] == ["mislabel-detect (combined)",
                                                       "target-identify (gas-l)"]
     assert stages(checked)[1][0] == ("predictions", 3, 1)
 

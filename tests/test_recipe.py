@@ -107,7 +107,7 @@ def test_recipe_is_frozen():
     ({"device": "mps"}, "r.yaml: device: must be auto, cpu, cuda or cuda:N, not 'mps'"),
     ({"dtype": "float16"}, "r.yaml: dtype: expected one of 'float32', 'float64', 'bfloat16', got 'float16'"),
     ({"model": {"factory": "a.py:b", "task": "tagging"}},
-     "r.yaml: model.task: expected 'sequence-classification', got 'tagging'"),
+     "r.yaml: model.task: expected one of 'sequence-classification', 'causal-lm', got 'tagging'"),
     ({"model": {"torchvision": "resnet18", "task": "sequence-classification"}},
      "r.yaml: model.task: applies to `transformers` models only"),
     ({"layers": "fc"}, "r.yaml: layers: expected a list, got 'fc'"),

@@ -84,7 +84,7 @@ def test_predicted_test_labels_use_the_models_predictions(run):
     ({"test_indices": [1, 4]}, "test_indices", "test_indices: index 4 is out of range for 4 examples"),
     ({"test_indices": [-1]}, "test_indices", "test_indices: index -1 is out of range for 4 examples"),
     ({"test_indices": []}, "test_indices", "test_indices: no indices selected"),
-    ({"method": "tracin-cp"}, "method", "method: unknown choice 'tracin-cp' (choose from tracin, gas, gas-l)"),
+    ({"method": "tracin-cp"}, "method", "method: unknown choice 'tracin-cp' (choose from tracin, gas, gas-l, ekfac, arnoldi)"),
     ({"test_labels": "true"}, "test_labels", "test_labels: unknown choice 'true' (choose from given, predicted)"),
 ])
 def test_bad_arguments_name_the_parameter(run, kwargs, parameter, message):

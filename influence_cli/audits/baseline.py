@@ -74,15 +74,19 @@ def _label(y: torch.Tensor) -> Any:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-def entry(flagged: dict[str, Any]) -> dict[str, Any]:
+def entry(flagged: dict[str, Any], base_dir: Path | None = None) -> dict[str, Any]:
     """The baseline entry of a flagged example: its id and given label, and what a reviewer reads in
-    the diff: the label's name, the file path or the start of the text (when the data has them)."""
+    the diff: the label's name, the file path (relative to ``base_dir``, the recipe's folder, when it
+    lies below it, so the committed file is the same on every machine) or the start of the text."""
     out = {"id": flagged["id"], "label": flagged["given_label"]}
     if flagged.get("given_label_name") is not None:
         out["label_name"] = flagged["given_label_name"]
     found = described(flagged)
     if found is not None:
         out[found[0]] = shortened(flagged, TEXT_CHARS, whole_path=True)
+    if found is not None and found[0] == "path" and base_dir is not None:
+        path = Path(out["path"])
+        out["path"] = path.relative_to(base_dir).as_posix() if path.is_relative_to(base_dir) else out["path"]
     return out
 
 
@@ -98,9 +102,11 @@ class Baseline:
         return frozenset(self.entries)
 
     @classmethod
-    def of(cls, flagged: Iterable[dict[str, Any]], method: str | None = None) -> "Baseline":
-        """A baseline accepting every flagged example (mislabel ranking entries with their ``id``)."""
-        return cls({e["id"]: entry(e) for e in flagged}, method)
+    def of(cls, flagged: Iterable[dict[str, Any]], method: str | None = None,
+           base_dir: Path | None = None) -> "Baseline":
+        """A baseline accepting every flagged example (mislabel ranking entries with their ``id``);
+        paths relative to ``base_dir`` (see :func:`entry`)."""
+        return cls({e["id"]: entry(e, base_dir) for e in flagged}, method)
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "version": VERSION, "id": f"sha256(inputs, label)[:{ID_CHARS}]",

@@ -385,5 +385,6 @@ def checks_of(recipe: Recipe) -> ChecksSpec:
 def updated_baseline(result: CheckResult) -> Baseline:
     """A baseline accepting everything flagged now (what ``--update-baseline`` writes)."""
     method = None if result.facts.mislabels is None else result.facts.mislabels["method"]
-    return Baseline.of(result.facts.flagged(), method)
+    base_dir = None if result.session is None else Path(result.session.recipe.base_dir).resolve()
+    return Baseline.of(result.facts.flagged(), method, base_dir)
 

@@ -209,9 +209,7 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
     session = Session.of(recipe_or_session, need_test=True)
     if session.test is None:
         raise InfluenceError("data.test: target-identify needs a test split of candidates; add it to the recipe")
-    if not session.is_classifier:
-        raise InfluenceError(f"loss: target-identify needs a classification loss (predicted labels), "
-                             f"not {session.recipe.loss!r}")
+    session.require_classifier("target-identify")
     idx = check_indices(range(len(session.test)) if test_indices is None else test_indices,
                         len(session.test), "test_indices")
     if len(idx) < 3:  # check_indices has dropped repeats

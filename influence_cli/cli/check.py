@@ -47,11 +47,12 @@ def check_command(
     Exit code 0 when every rule passes, 1 when one fails, 2 for a usage or input error.
     """
     from influence_cli.audits.baseline import FROM_RECIPE, baseline_file
-    from influence_cli.audits.check import check
+    from influence_cli.audits.check import check, checks_of
     from influence_cli.outputs import Target
     from influence_cli.reports.check import markdown
 
     r, progress = open_recipe(recipe, no_cache), progress_for(quiet or fmt is not Format.TEXT)
+    checks_of(r)  # a recipe without rules fails first, before any other question about it
     path = baseline_file(r, FROM_RECIPE if baseline is None else baseline)
     option = "--baseline" if baseline is not None else "checks.baseline"
     targets = [Target("--junit", junit, "junit")] if junit is not None else []
@@ -61,7 +62,8 @@ def check_command(
     folder = checked_output_dir(r, out, *targets, also_reads=reads, overwrite=overwrite)
     result = check(r, baseline=FROM_RECIPE if baseline is None else baseline, update_baseline=update_baseline,
                    progress=progress)
-    finish(result, folder, progress, html=html, junit=junit, quiet=quiet or fmt is not Format.TEXT)
+    finish(result, folder, progress, html=html, junit=junit, quiet=quiet or fmt is not Format.TEXT,
+           overwrite=overwrite)
     if fmt is not Format.TEXT:  # on rank 0 only, like every print (`console`)
         text = json.dumps(result.to_dict(), indent=1) if fmt is Format.JSON else markdown(result)
         console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -109,9 +109,10 @@ def guarded(command: Callable[P, T]) -> Callable[P, T]:
         try:
             with warnings.catch_warnings():
                 warnings.showwarning = _one_line_warning
-                from influence_cli import distributed
+                if os.environ.get("WORLD_SIZE", "1") not in ("", "1"):  # under torchrun; else torch loads later
+                    from influence_cli import distributed
 
-                distributed.init()
+                    distributed.init()
                 return command(*args, **kwargs)
         except InfluenceError as exc:
             err_console.print(f"[bold red]error:[/] {escape(cli_message(exc))}", markup=True, highlight=False,
@@ -198,7 +199,7 @@ HtmlOpt = Annotated[bool, typer.Option("--html", help="Also render DIR/report.ht
 
 
 def finish(result: "Result", out: Path, progress: TimedProgress, *, html: bool = False, quiet: bool = False,
-           junit: Path | None = None, show: bool = True) -> list[Path]:
+           junit: Path | None = None, show: bool = True, overwrite: bool = False) -> list[Path]:
     """The shared end of every command: :func:`~influence_cli.reports.writer.write_reports` (reports,
     run.json, report.html with ``--html``), then, unless ``quiet``, the result's table (when ``show``),
     a one-screen summary and every path written. Returns the paths written."""
@@ -206,7 +207,7 @@ def finish(result: "Result", out: Path, progress: TimedProgress, *, html: bool =
 
     seconds = progress.seconds
     paths = write_reports(result, out, html=html, junit=junit, seconds=seconds, tasks=progress.timings,
-                          overwrite=True)  # checked before computing (checked_output_dir)
+                          overwrite=overwrite)  # refused before computing already (checked_output_dir)
     if not quiet:
         if show:
             console.print(terminal_view(result))
@@ -231,8 +232,8 @@ def run_summary(command: str, tasks: Sequence[TaskTiming], seconds: float, check
     for t in tasks:
         passes.setdefault(t.task, []).append(t)
     for name, ts in sorted(passes.items(), key=lambda kv: -sum(t.seconds for t in kv[1]))[:4]:
-        times = f"{len(ts)} × " if len(ts) > 1 else ""
-        lines.append(f"pass         {name}: {times}{ts[0].total} in {sum(t.seconds for t in ts):.1f} s")
+        times = f"{len(ts)} passes, " if len(ts) > 1 else ""
+        lines.append(f"pass         {name}: {times}{sum(t.total for t in ts)} in {sum(t.seconds for t in ts):.1f} s")
     lines.append(f"time         {seconds:.1f} s")
     return Panel("\n".join(lines), title=f"influence-cli {command}", title_align="left", expand=False,
                  highlight=False)

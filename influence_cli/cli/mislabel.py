@@ -12,7 +12,8 @@ from influence_cli.methods import DEFAULT_MISLABEL_METHOD, MislabelMethod
 
 MethodOpt = Annotated[MislabelMethod, typer.Option(
     help="tracin: Σ_c η_c‖g_c(z)‖² (all layers); tracin-last: the same on the last layer; aum: −mean margin "
-         "over checkpoints; loss: loss at the last checkpoint; combined: mean robust z of tracin-last, aum, loss.",
+         "over checkpoints; loss: loss at the last checkpoint; combined: mean robust z of tracin-last, aum, loss; "
+         "ekfac: g(z)ᵀ(G + λI)⁻¹g(z) at the last checkpoint (EK-FAC curvature).",
     rich_help_panel="Estimator")]
 TopOpt = Annotated[int | None, typer.Option(
     "--top", help="Flag the K most suspicious examples.", show_default=False, rich_help_panel="Flagging")]
@@ -29,9 +30,9 @@ def mislabel_command(recipe: RecipeArg, method: MethodOpt = DEFAULT_MISLABEL_MET
 
     Without --top or --fraction, the automatic cut flags outliers (robust z-score > 3 and a negative mean margin).
     """
-    from influence_cli.audits.mislabel import mislabel_detect
-
     r, progress = open_recipe(recipe, no_cache), progress_for(quiet)
     folder = checked_output_dir(r, out, overwrite=overwrite)
+    from influence_cli.audits.mislabel import mislabel_detect  # the library (and torch) once the inputs are checked
+
     result = mislabel_detect(r, method=method, top=top, fraction=fraction, progress=progress)
-    finish(result, folder, progress, html=html, quiet=quiet)
+    finish(result, folder, progress, html=html, quiet=quiet, overwrite=overwrite)

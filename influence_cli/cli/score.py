@@ -16,7 +16,10 @@ from influence_cli.selection import parse_indices
 def score_command(
     recipe: RecipeArg,
     method: Annotated[Method, typer.Option(help="tracin: Σ_c η_c⟨g,g′⟩; gas: cosine per checkpoint; "
-                                                "gas-l: cosine per layer, summed.", rich_help_panel="Estimator")
+                                                "gas-l: cosine per layer, summed; ekfac: g′ᵀ(G + λI)⁻¹g at the "
+                                                "final checkpoint, G the EK-FAC Gauss-Newton curvature; arnoldi: "
+                                                "the same over G's top eigenpairs (Arnoldi iteration).",
+                                           rich_help_panel="Estimator")
                       ] = Method.TRACIN,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Proponents and opponents kept per test example.",
                                        rich_help_panel="Estimator")] = 10,
@@ -33,10 +36,10 @@ def score_command(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Rank the training examples that pushed each test prediction up (proponents) or down (opponents)."""
-    from influence_cli.scoring import score
-
     r, progress = open_recipe(recipe, no_cache), progress_for(quiet)
     folder = checked_output_dir(r, out, overwrite=overwrite)
+    from influence_cli.scoring import score  # the library (and torch) once the inputs are checked
+
     result = score(r, method=method, test_indices=parse_indices(test_indices), test_labels=test_labels, k=top_k,
                    keep_matrix=save_matrix, progress=progress)
-    finish(result, folder, progress, html=html, quiet=quiet)
+    finish(result, folder, progress, html=html, quiet=quiet, overwrite=overwrite)

@@ -17,7 +17,9 @@ from influence_cli.selection import parse_indices
 def target_command(
     recipe: RecipeArg,
     method: Annotated[Method, typer.Option(help="gas-l: cosine per layer (default); gas: cosine per checkpoint; "
-                                                "tracin: raw gradient products.", rich_help_panel="Estimator")
+                                                "tracin: raw gradient products; ekfac, arnoldi: "
+                                                "influence functions at the final checkpoint (see score).",
+                                           rich_help_panel="Estimator")
                       ] = Method.GAS_L,
     test_indices: TestIndicesOpt = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="Proponents kept per candidate (the upper "
@@ -45,11 +47,11 @@ def target_command(
 ) -> None:
     """Rank test examples by how much they look like the target of a poisoning or backdoor attack; list the
     suspected attack examples of each flagged one (suspects.txt)."""
-    from influence_cli.audits.target import target_identify
-
     r, progress = open_recipe(recipe, no_cache), progress_for(quiet)
     folder = checked_output_dir(r, out, overwrite=overwrite)
+    from influence_cli.audits.target import target_identify  # the library (and torch) once the inputs are checked
+
     result = target_identify(r, method=method, test_indices=parse_indices(test_indices), k=top_k, threshold=threshold,
                              share_threshold=share_threshold, min_share=min_share,
                              misclassified_only=misclassified_only, progress=progress)
-    finish(result, folder, progress, html=html, quiet=quiet)
+    finish(result, folder, progress, html=html, quiet=quiet, overwrite=overwrite)

@@ -86,18 +86,28 @@ class FlatGrads:
         return FlatGrads(torch.cat([p.g for p in parts]), parts[0].layout)
 
 
-def _expand_attention_mask(model: nn.Module, inputs: Inputs, dtype: torch.dtype) -> Inputs:
-    """For a transformers model, turn a [B, T] 0/1 ``attention_mask`` into the additive
-    [B, 1, 1, T] mask transformers accepts as "already prepared".
+def _is_causal_lm(model: nn.Module) -> bool:
+    """A transformers causal language model (a class in ``AutoModelForCausalLM``'s registry)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    transformers inspects a 2D mask's values (``mask.all()``) to choose a fast path; that is
-    data-dependent control flow, which ``vmap`` cannot trace. A prepared 4D mask is used as is.
+    return type(model).__name__ in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()
+
+
+def _expand_attention_mask(model: nn.Module, inputs: Inputs, dtype: torch.dtype) -> Inputs:
+    """For a transformers model, turn a [B, T] 0/1 ``attention_mask`` m into the additive mask
+    transformers accepts as "already prepared": [B, 1, 1, T] from m_s, or for a causal LM
+    [B, 1, T, T] from m_s · [s ≤ t] (query t, key s), since a prepared mask is used as is.
+
+    transformers inspects a 2D mask's values (``mask.all()``), and without a mask it looks for pad
+    tokens in the ids; both are data-dependent control flow, which ``vmap`` cannot trace.
     """
     mask = inputs.get("attention_mask") if isinstance(inputs, dict) else None
     if mask is None or mask.dim() != 2 or not type(model).__module__.startswith("transformers."):
         return inputs
-    additive = (1.0 - mask.to(dtype)) * torch.finfo(dtype).min
-    return {**inputs, "attention_mask": additive[:, None, None, :]}
+    keep = mask.to(dtype)[:, None, None, :]
+    if _is_causal_lm(model):
+        keep = keep * torch.ones(mask.shape[1], mask.shape[1], dtype=dtype, device=mask.device).tril()
+    return {**inputs, "attention_mask": (1.0 - keep) * torch.finfo(dtype).min}
 
 
 class PerExampleGradients:

@@ -206,11 +206,14 @@ def fit_to_model(model: nn.Module, ckpt: Checkpoint, where: str) -> dict[str, to
     """The checkpoint's tensors for every parameter and persistent buffer of ``model``.
 
     Missing or unexpected keys, shape mismatches and non-finite values (NaN or inf, also after the
-    cast to the model's dtype) are errors naming the first offender.
+    cast to the model's dtype) are errors naming the first offender. A tied tensor (a language
+    model's output layer sharing its embedding) is taken under its first name only, so a file may
+    omit its other names (as transformers' ``save_pretrained`` does).
     """
-    expected = model.state_dict()
+    aliases = tied_aliases(model)
+    expected = {k: v for k, v in model.state_dict().items() if k not in aliases}
     missing = [k for k in expected if k not in ckpt.state]
-    unexpected = [k for k in ckpt.state if k not in expected]
+    unexpected = [k for k in ckpt.state if k not in expected and k not in aliases]
     if missing or unexpected:
         parts = []
         if missing:
@@ -228,6 +231,17 @@ def fit_to_model(model: nn.Module, ckpt: Checkpoint, where: str) -> dict[str, to
                                   f"{tensor.dtype}")
         _check_finite(got, tensor.dtype, f"{where}: {name}")
     return {k: ckpt.state[k] for k in expected}
+
+
+def tied_aliases(model: nn.Module) -> set[str]:
+    """State-dict names of tensors already listed under an earlier name (tied weights)."""
+    seen: set[int] = set()
+    aliases = set()
+    for name, tensor in model.state_dict(keep_vars=True).items():
+        if id(tensor) in seen:
+            aliases.add(name)
+        seen.add(id(tensor))
+    return aliases
 
 
 def _check_finite(got: torch.Tensor, dtype: torch.dtype, what: str) -> None:

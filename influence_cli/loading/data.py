@@ -1,7 +1,8 @@
 """Loading a recipe's data split: one loader per ``format`` (:data:`LOADERS`), each returning
 :class:`~influence_cli.loading.examples.Examples`.
 
-``tensors`` and ``factory`` are read here; ``jsonl``/``csv`` in :mod:`influence_cli.loading.transformers`,
+``tensors`` and ``factory`` are read here; ``jsonl``/``csv`` in :mod:`influence_cli.loading.transformers`
+(:mod:`influence_cli.loading.causal_lm` for a causal-lm model),
 ``imagefolder``/``torchvision`` in :mod:`influence_cli.loading.vision` (those modules import
 transformers and torchvision only when a split of theirs is loaded). The recipe's ``data.labels``,
 when set, names the classes of both splits (over any names the data carries).
@@ -15,6 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 
 from influence_cli.errors import DataError, RecipeError
+from influence_cli.loading.causal_lm import load_causal_text
 from influence_cli.loading.checkpoints import torch_load_failure
 from influence_cli.loading.examples import (
     DatasetExamples,
@@ -93,10 +95,15 @@ def _from_factory(spec: FactoryData, recipe: Recipe, key: str) -> Examples:
                     "tuple of tensors")
 
 
+def _from_text(spec: TextData, recipe: Recipe, key: str) -> Examples:
+    """Text rows: next-token targets for a causal LM, else texts with class labels."""
+    return load_causal_text(spec, recipe, key) if recipe.model.task == "causal-lm" else load_text(spec, recipe, key)
+
+
 LOADERS: dict[type, Callable[[Any, Recipe, str], Examples]] = {
     TensorsData: _from_tensors,
     FactoryData: _from_factory,
-    TextData: load_text,
+    TextData: _from_text,
     ImageFolderData: load_imagefolder,
     TorchvisionData: load_torchvision_dataset,
 }

@@ -1,8 +1,10 @@
 """Hugging Face transformers models and text data, strictly offline.
 
-- ``model: {transformers: DIR, task: sequence-classification, kwargs}``: the config of the local
-  folder ``DIR`` (``AutoConfig``, ``local_files_only``), ``kwargs`` overriding its settings, gives
-  an untrained ``AutoModelForSequenceClassification``; the checkpoints supply the weights.
+- ``model: {transformers: DIR, task, kwargs}``: the config of the local folder ``DIR``
+  (``AutoConfig``, ``local_files_only``), ``kwargs`` overriding its settings, gives an untrained
+  ``AutoModelForSequenceClassification`` (``task: sequence-classification``, the default) or
+  ``AutoModelForCausalLM`` (``task: causal-lm``, its text data in
+  :mod:`influence_cli.loading.causal_lm`); the checkpoints supply the weights.
   Attention defaults to ``eager``: ``vmap`` has no batching rule for PyTorch's fused CPU
   attention kernel and falls back to a per-example loop with a warning (measured 0.70–0.72 s
   eager vs 0.74–0.88 s sdpa per 64 examples, 2-layer 128-wide BERT, T = 64, one CPU thread);
@@ -54,24 +56,30 @@ def load_config(recipe: Recipe) -> Any:
     return config
 
 
+#: ``model.task`` → the transformers auto class that builds its head
+AUTO_CLASSES = {"sequence-classification": "AutoModelForSequenceClassification", "causal-lm": "AutoModelForCausalLM"}
+
+
+def _auto_class(task: str | None) -> Any:
+    import transformers
+
+    return getattr(transformers, AUTO_CLASSES[task or "sequence-classification"])
+
+
 def build_transformers_model(recipe: Recipe) -> nn.Module:
     """An untrained ``AutoModelFor<task>`` from the recipe's local config (never downloads)."""
-    from transformers import AutoModelForSequenceClassification
-
     config = load_config(recipe)
     try:
-        return AutoModelForSequenceClassification.from_config(config)
+        return _auto_class(recipe.model.task).from_config(config)
     except ValueError as exc:
         raise RecipeError(f"model.task: {config.model_type} has no {recipe.model.task} head: "
                           f"{first_line(exc)}") from None
 
 
-def _forward_inputs(config: Any) -> set[str] | None:
-    """The keyword arguments the sequence-classification model's ``forward`` accepts."""
-    from transformers import AutoModelForSequenceClassification
-
+def _forward_inputs(config: Any, task: str | None) -> set[str] | None:
+    """The keyword arguments the ``task`` model's ``forward`` accepts."""
     try:
-        cls = AutoModelForSequenceClassification._model_mapping[type(config)]
+        cls = _auto_class(task)._model_mapping[type(config)]
     except KeyError:
         return None
     return set(inspect.signature(cls.forward).parameters)
@@ -109,12 +117,16 @@ class TextExamples(Examples):
 
     def describe(self, i: int, limit: int | None = DESCRIBE_CHARS) -> str | None:
         """The row's text (``text || pair`` for pairs), whitespace collapsed, cut at ``limit`` characters."""
-        text = self.texts[i] if self.pairs is None else f"{self.texts[i]} || {self.pairs[i]}"
-        text = " ".join(text.split())
-        return text if limit is None else shorten(text, limit)
+        return describe_text(self.texts[i] if self.pairs is None else f"{self.texts[i]} || {self.pairs[i]}", limit)
 
 
-def _read_rows(path: Path, fmt: str, key: str) -> list[dict[str, Any]]:
+def describe_text(text: str, limit: int | None) -> str:
+    """``text`` with its whitespace collapsed, cut at ``limit`` characters (``None``: whole)."""
+    text = " ".join(text.split())
+    return text if limit is None else shorten(text, limit)
+
+
+def read_rows(path: Path, fmt: str, key: str) -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{key}.path: file not found: {path}")
     if fmt == "csv":
@@ -173,30 +185,41 @@ def _class_names(config: Any, values: list[Any]) -> list[str] | None:
     return [names[i] for i in range(len(names))]
 
 
-def load_text(spec: TextData, recipe: Recipe, key: str) -> TextExamples:
-    """A ``jsonl``/``csv`` split tokenised by the model folder's (or ``tokenizer``'s) tokenizer."""
+def load_tokenizer(spec: TextData, recipe: Recipe, key: str) -> tuple[Any, str]:
+    """The tokenizer of ``spec.tokenizer`` (else the model folder) and the recipe key that named it."""
     from transformers import AutoTokenizer
 
-    path = recipe.resolve(spec.path)
-    rows = _read_rows(path, spec.format, key)
-    texts = [str(t) for t in _column(rows, spec.text_column, "text_column", key, path)]
-    pairs = (None if spec.text_pair_column is None else
-             [str(t) for t in _column(rows, spec.text_pair_column, "text_pair_column", key, path)])
-    labels = _column(rows, spec.label_column, "label_column", key, path)
     if spec.tokenizer is None and recipe.model.transformers is None:
         raise RecipeError(f"{key}.tokenizer: format {spec.format} needs a tokenizer: set model.transformers "
                           f"or {key}.tokenizer to a local tokenizer folder")
-    config = load_config(recipe) if recipe.model.transformers else None
     tok_key = f"{key}.tokenizer" if spec.tokenizer else "model.transformers"
     folder = _local_folder(recipe.resolve(spec.tokenizer or recipe.model.transformers or ""), tok_key)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+        return AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False), tok_key
     except (OSError, ValueError) as exc:
         raise RecipeError(f"{tok_key}: cannot load a tokenizer from {folder}: "
                           f"{first_line(exc)}") from None
+
+
+def read_texts(rows: list[dict[str, Any]], column: str, option: str, key: str, path: Path) -> list[str]:
+    """Column ``column`` of every row as text (a row without it is an error naming ``option``)."""
+    return [str(t) for t in _column(rows, column, option, key, path)]
+
+
+def load_text(spec: TextData, recipe: Recipe, key: str) -> TextExamples:
+    """A ``jsonl``/``csv`` split tokenised by the model folder's (or ``tokenizer``'s) tokenizer."""
+    path = recipe.resolve(spec.path)
+    rows = read_rows(path, spec.format, key)
+    texts = read_texts(rows, spec.text_column, "text_column", key, path)
+    pairs = (None if spec.text_pair_column is None else
+             read_texts(rows, spec.text_pair_column, "text_pair_column", key, path))
+    labels = _column(rows, spec.label_column, "label_column", key, path)
+    tokenizer, tok_key = load_tokenizer(spec, recipe, key)
+    config = load_config(recipe) if recipe.model.transformers else None
     if tokenizer.pad_token is None:
-        raise DataError(f"{tok_key}: the tokenizer in {folder} has no pad token, needed to pad batches")
-    accepted = _forward_inputs(config) if config is not None else None
+        raise DataError(f"{tok_key}: the tokenizer in {tokenizer.name_or_path} has no pad token, needed to pad "
+                        "batches")
+    accepted = _forward_inputs(config, recipe.model.task) if config is not None else None
     names = tuple(n for n in tokenizer.model_input_names if accepted is None or n in accepted)
     label2id = dict(getattr(config, "label2id", None) or {})
     return TextExamples(texts, pairs, _label_ids(labels, label2id, key), tokenizer, spec.max_length,

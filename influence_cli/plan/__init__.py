@@ -41,7 +41,7 @@ from typing import Sequence
 from influence_cli.audits.check import Need, checks_of, rules_of
 from influence_cli.engine import available_memory
 from influence_cli.errors import ParameterError
-from influence_cli.methods import DEFAULT_MISLABEL_METHOD, Method, MislabelMethod, choose
+from influence_cli.methods import CURVATURE_METHODS, DEFAULT_MISLABEL_METHOD, Method, MislabelMethod, choose
 from influence_cli.plan.budget import suggestions
 from influence_cli.plan.measure import jobs, measure
 from influence_cli.plan.results import GIB, LayerPlan, Part, Plan, Stage, Suggestion
@@ -65,8 +65,12 @@ def _method(command: str, method: str | None, test_indices: Sequence[int] | None
             raise ParameterError("method", "check takes its methods from the recipe's `checks:` section")
         return None
     if command == "mislabel-detect":
-        return choose(MislabelMethod, method or DEFAULT_MISLABEL_METHOD, "method")
-    return choose(Method, method or (Method.GAS_L if command == "target-identify" else Method.TRACIN), "method")
+        chosen: Method | MislabelMethod = choose(MislabelMethod, method or DEFAULT_MISLABEL_METHOD, "method")
+    else:
+        chosen = choose(Method, method or (Method.GAS_L if command == "target-identify" else Method.TRACIN), "method")
+    if chosen in (*CURVATURE_METHODS, MislabelMethod.EKFAC):
+        raise ParameterError("method", f"plan does not estimate {chosen}'s curvature fit yet")
+    return chosen
 
 
 def _positive(value: float | None, parameter: str) -> None:

@@ -162,7 +162,7 @@ def _queries(session: Session, test_indices: Sequence[int] | None) -> torch.Tens
 
 def _mislabel_job(session: Session, method: MislabelMethod) -> Job:
     """Forward passes for the margins and losses, and the self-influence pass ``method`` needs:
-    all layers for ``tracin``, the last layer for ``tracin-last`` (and ``combined``), none otherwise."""
+    all layers for ``tracin``, the last layer for ``tracin-last``, none otherwise (``combined``: none)."""
     signals = set(COMBINED_SIGNALS) if method is MislabelMethod.COMBINED else {method}
     label = f"mislabel-detect ({method})"
     if MislabelMethod.TRACIN in signals:

@@ -19,18 +19,18 @@ from typing import Any
 from pydantic import ValidationError
 
 from influence_cli.errors import RecipeError
+from influence_cli.recipe.checks import ChecksSpec, NoAttackTargetRule
 from influence_cli.recipe.messages import one_line
 from influence_cli.recipe.schema import (
     CheckpointEntry,
     CheckpointGlob,
-    ChecksSpec,
+    CurvatureSpec,
     DataSpec,
     DataSplit,
     FactoryData,
     HFTrainerCheckpoints,
     ImageFolderData,
     ModelSpec,
-    NoAttackTargetRule,
     ProjectionSpec,
     Recipe,
     TensorsData,
@@ -40,7 +40,7 @@ from influence_cli.recipe.schema import (
 )
 from influence_cli.recipe.strict_yaml import read_yaml
 
-__all__ = ["ChecksSpec", "CheckpointEntry", "CheckpointGlob", "DataSpec", "DataSplit", "FactoryData",
+__all__ = ["ChecksSpec", "CurvatureSpec", "CheckpointEntry", "CheckpointGlob", "DataSpec", "DataSplit", "FactoryData",
            "HFTrainerCheckpoints", "ImageFolderData", "ModelSpec", "NoAttackTargetRule", "ProjectionSpec", "Recipe",
            "TensorsData", "TextData", "TorchvisionData", "TransformStep", "load_recipe", "parse_recipe"]
 

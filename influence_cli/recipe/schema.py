@@ -4,16 +4,12 @@ Relative paths are relative to the recipe file (:meth:`Recipe.resolve`)."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Discriminator,
     Field,
     NonNegativeInt,
@@ -23,31 +19,12 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_core import PydanticCustomError
 
-from influence_cli.errors import ParameterError
-from influence_cli.methods import Method, MislabelMethod
-from influence_cli.selection import parse_indices
+from influence_cli.recipe.checks import ChecksSpec
+from influence_cli.recipe.section import Section
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        """Refuse an unknown key before anything else: a typo (``pth:``) then reads as itself, not as
-        the required key it was meant to be (``path: required key is missing``)."""
-        unknown = [k for k in data if k not in cls.model_fields] if isinstance(data, dict) else []
-        if unknown:
-            keys = [k for k, field in cls.model_fields.items() if not field.exclude]  # not base_dir, source
-            close = difflib.get_close_matches(str(unknown[0]), keys, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise PydanticCustomError("unknown_key", "unknown key{hint}", {"key": unknown[0], "hint": hint})
-        return data
-
-
-class ModelSpec(_Section):
+class ModelSpec(Section):
     """How to build the (untrained) model whose checkpoints are loaded into it.
 
     Exactly one of ``factory`` ("pkg.module:callable" or "file.py:callable", relative to the
@@ -62,12 +39,13 @@ class ModelSpec(_Section):
                                                       "`weights=None` (no download)")
     transformers: str | None = Field(
         None, description="a local Hugging Face model folder (`config.json`; the tokenizer for text data). An untrained "
-                          "`AutoModelForSequenceClassification` is built from its config with `local_files_only` "
+                          "`AutoModelFor<Task>` is built from its config with `local_files_only` "
                           "(nothing downloads); the checkpoints supply the weights. Attention defaults to `eager`")
-    task: Literal["sequence-classification"] | None = Field(
+    task: Literal["sequence-classification", "causal-lm"] | None = Field(
         None, description="the transformers head (`AutoModelFor<Task>`; its logits go to `loss`): "
-                          "sequence-classification, the only one so far and the default for `transformers` models; "
-                          "not allowed with the others")
+                          "sequence-classification (the default for `transformers` models) or causal-lm "
+                          "(`AutoModelForCausalLM`, loss `token_nll`, text data of `text` or `prompt` + `completion` "
+                          "rows); not allowed with the others")
     kwargs: dict[str, Any] = Field(default_factory=dict, description=(
         "keyword arguments of the factory or the torchvision builder; for `transformers`, overrides of config "
         "settings (e.g. `attn_implementation: sdpa`; an unknown setting is an error)"))
@@ -100,7 +78,7 @@ Rate = Annotated[float, Field(ge=0, allow_inf_nan=False, strict=True)] | Annotat
 LearningRate = Union[Rate, Literal["auto"]]
 
 
-class CheckpointEntry(_Section):
+class CheckpointEntry(Section):
     """One checkpoint file and its learning rate η_c (``auto``: read it from the file).
 
     A checkpoint is a plain state dict, a dict with ``model_state_dict``/``state_dict``/``model`` (plus
@@ -123,7 +101,7 @@ class CheckpointEntry(_Section):
         "`optimizer_states` give `learning_rate: auto`. A prefix that matches no key is an error"))
 
 
-class CheckpointGlob(_Section):
+class CheckpointGlob(Section):
     """All files matching ``glob`` (natural sort order: epoch2 before epoch10)."""
 
     glob: str = Field(description="a file pattern (relative to the recipe); every match is a checkpoint, in natural "
@@ -133,7 +111,7 @@ class CheckpointGlob(_Section):
     strip_prefix: str | None = Field(None, description="as for a single checkpoint entry")
 
 
-class HFTrainerCheckpoints(_Section):
+class HFTrainerCheckpoints(Section):
     """Every ``checkpoint-<step>/`` folder a ``transformers.Trainer`` run wrote into ``hf_trainer_dir``
     (by step); η_c ``auto`` is read from each folder's ``trainer_state.json``.
 
@@ -147,7 +125,7 @@ class HFTrainerCheckpoints(_Section):
                                                                         "`checkpoint-<step>/` folder)")
 
 
-class TensorsData(_Section):
+class TensorsData(Section):
     """A ``.pt`` or ``.safetensors`` file holding an ``inputs`` and a ``labels`` tensor."""
 
     format: Literal["tensors"] = Field(description="selects this form")
@@ -158,7 +136,7 @@ class TensorsData(_Section):
                                                   "`score --test-labels predicted` (its reports show `label: null`)")
 
 
-class FactoryData(_Section):
+class FactoryData(Section):
     """A callable returning a ``torch.utils.data.Dataset`` of (input, label) pairs, or a tuple
     ``(inputs, labels)`` of tensors."""
 
@@ -168,19 +146,24 @@ class FactoryData(_Section):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the factory")
 
 
-class TextData(_Section):
+class TextData(Section):
     """A ``.jsonl`` or ``.csv`` file of texts (and optional text pairs) with labels, tokenised per
     batch by the tokenizer of ``model.transformers`` (or ``tokenizer``) with dynamic padding.
 
     One row per example; each batch is padded to its own longest row. Only the inputs the model's
-    ``forward`` takes are passed (no ``token_type_ids`` for DistilBERT)."""
+    ``forward`` takes are passed (no ``token_type_ids`` for DistilBERT). A causal-lm model reads
+    ``text`` rows or ``prompt`` + ``completion`` rows and no labels: its targets are the next tokens."""
 
     format: Literal["jsonl", "csv"] = Field(description="selects this form")
     path: str = Field(description="the file (relative to the recipe)")
     text_column: str = Field("text", description="column of the text")
     text_pair_column: str | None = Field(None, description="column of a pair's second text; null = single texts")
     label_column: str = Field("label", description="column of the label: a string goes through the config's "
-                                                   "`label2id`, else it must be an integer class id")
+                                                   "`label2id`, else it must be an integer class id (not causal-lm)")
+    prompt_column: str = Field("prompt", description="causal-lm: column of the prompt, whose tokens are not scored")
+    completion_column: str = Field("completion", description=(
+        "causal-lm: column of the completion. When the first row has it, every row is prompt + completion and only "
+        "completion tokens count; otherwise every token of `text_column` counts"))
     max_length: PositiveInt = Field(512, description="tokens kept per example (with `truncation`)")
     truncation: bool = Field(True, description="truncate rows longer than `max_length`")
     tokenizer: str | None = Field(None, description="tokenizer folder; default: model.transformers")
@@ -189,7 +172,7 @@ class TextData(_Section):
 TransformStep = Union[str, dict[str, Any]]
 
 
-class ImageFolderData(_Section):
+class ImageFolderData(Section):
     """``root/<class>/<image>`` files, classes numbered in sorted folder-name order (torchvision
     ``ImageFolder``).
 
@@ -203,7 +186,7 @@ class ImageFolderData(_Section):
                                                                     "steps (see [Transform steps](#transform-steps)); default [to_tensor]")
 
 
-class TorchvisionData(_Section):
+class TorchvisionData(Section):
     """A ``torchvision.datasets`` class read from a local ``root``; downloading is refused.
 
     Built as ``torchvision.datasets.<name>(root, transform, **kwargs)`` from local files; ``download: true``
@@ -220,7 +203,7 @@ DataSplit = Annotated[Union[TensorsData, FactoryData, TextData, ImageFolderData,
                       Field(discriminator="format")]
 
 
-class DataSpec(_Section):
+class DataSpec(Section):
     """The training split (required) and the test split (needed by ``score``)."""
 
     train: DataSplit = Field(description="the training split: one of the five formats below, chosen by `format`")
@@ -230,87 +213,23 @@ class DataSpec(_Section):
                                                        "not name its classes (tensors, factory)")
 
 
-def _index_spec(value: Any) -> Any:
-    """Test indices as written in a recipe: a list, one integer, or an index spec string
-    ('0,3,7', '0:100', a mix), read by the same parser as ``--test-indices``."""
-    if isinstance(value, str):
-        try:
-            value = parse_indices(value)
-        except ParameterError as exc:
-            raise ValueError(exc.detail) from None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        value = [value]
-    if isinstance(value, list) and not value:
-        raise ValueError("selects no test example")
-    return value
-
-
-TestIndices = Annotated[list[NonNegativeInt], BeforeValidator(_index_spec)]  # a list, one integer or a spec
-
-
-class NoAttackTargetRule(_Section):
-    """``no_attack_target``: target identification flags none of the watched test examples.
-
-    Indices are a list (``[0, 17, 42]``) or an index spec string, as for ``--test-indices``:
-    ``"0,3,7"``, ``"0:100"`` (end exclusive) or a mix (``"0:10,15"``)."""
-
-    test_indices: TestIndices | None = Field(
-        None, description="watched test examples (e.g. the ones a release must get right), a list or an index spec "
-                          "('0:50'); null = every candidate")
-    candidates: TestIndices | None = Field(
-        None, description="test examples the watched ones are compared with (target-identify's anomaly score is "
-                          "relative to them; the watched ones are always included), a list or an index spec; "
-                          "null = the whole test split")
-    method: Method = Field(Method.GAS_L, description="target-identify estimator")
-
-
-class ChecksSpec(_Section):
-    """Rules of ``influence-cli check``: each rule that is set must hold, unset rules are skipped.
-
-    Counts are over flagged training examples that are not in the baseline (without a baseline,
-    every flagged example counts). A key that is neither a rule nor a setting is an error.
-    """
-
-    baseline: str | None = Field(None, description="baseline JSON of accepted flagged examples, relative to the "
-                                                   "recipe (`--baseline` overrides); until `--update-baseline` "
-                                                   "first writes it, a missing file is an empty baseline (a warning)")
-    mislabel_method: MislabelMethod | None = Field(None, description="mislabel-detect method; null = its default")
-    max_flagged_mislabel_fraction: float | None = Field(
-        None, ge=0, le=1, description="rule: flagged mislabels / N ≤ this")
-    max_flagged_mislabel_per_class: NonNegativeInt | None = Field(
-        None, description="rule: flagged mislabels with any one given label ≤ this")
-    no_attack_target: NoAttackTargetRule | None = Field(
-        None, description="rule: target-identify raises no flag on the watched test examples")
-    max_new_flagged: NonNegativeInt | None = Field(
-        None, description="rule: flagged mislabels that are not in the baseline ≤ this")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        """An unknown key is named with the list of rules (replaces :meth:`_Section._known_keys`)."""
-        unknown = sorted(set(data) - set(cls.model_fields), key=str) if isinstance(data, dict) else []
-        if unknown:
-            raise ValueError(f"unknown rule {unknown[0]!r}; known rules and settings: {', '.join(cls.model_fields)}")
-        return data
-
-    @model_validator(mode="after")
-    def _some_rule(self) -> "ChecksSpec":
-        if not any(getattr(self, k) is not None for k in self.rule_keys()):
-            raise ValueError(f"give at least one rule: {', '.join(self.rule_keys())}")
-        return self
-
-    @classmethod
-    def rule_keys(cls) -> list[str]:
-        """The rule keys (every field that is not a setting)."""
-        return [k for k in cls.model_fields if k not in ("baseline", "mislabel_method")]
-
-
-class ProjectionSpec(_Section):
+class ProjectionSpec(Section):
     """Seeded random projection of each layer's gradient block to ``dim`` numbers (layers with at
     most ``dim`` parameters stay exact); see :mod:`influence_cli.gradients.projection`."""
 
     dim: PositiveInt = Field(description="K: numbers kept per layer (E⟨Pg, Pg′⟩ = ⟨g, g′⟩)")
     seed: NonNegativeInt = Field(0, description="seed of the random draws (same projection everywhere)")
+
+
+class CurvatureSpec(Section):
+    """Settings of the curvature-aware methods ``ekfac`` and ``arnoldi`` (see :mod:`influence_cli.curvature`)."""
+
+    damping: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
+        None, description="ekfac: λ added to every layer's curvature; null = 0.1 × the mean of the layer's eigenvalues")
+    seed: NonNegativeInt = Field(0, description="seed of ekfac's sampled labels and of arnoldi's start vector")
+    eigenpairs: PositiveInt = Field(20, description="arnoldi: p, the top eigenpairs of the Gauss-Newton matrix kept")
+    iterations: PositiveInt | None = Field(None, description="arnoldi: Arnoldi steps (one training pass each); "
+                                                             "null = 2 × eigenpairs")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
@@ -340,7 +259,7 @@ Checkpoints = Annotated[Union[Annotated[list[CheckpointEntry], AfterValidator(_s
                                       custom_error_message="expected a list or a mapping")]
 
 
-class Recipe(_Section):
+class Recipe(Section):
     """A whole recipe. ``base_dir`` is the folder relative paths are resolved against.
 
     The model is evaluated in **eval mode** at every checkpoint: BatchNorm uses its running
@@ -351,7 +270,9 @@ class Recipe(_Section):
                                                  "files, a `glob`, or a Trainer's `hf_trainer_dir`")
     data: DataSpec = Field(description="the training and test splits")
     loss: str = Field("cross_entropy", description="per-example loss: cross_entropy (classification) | mse | "
-                                                   "bce_with_logits | a callable `(outputs, targets) -> losses[B]` "
+                                                   "bce_with_logits | token_nll (mean next-token negative "
+                                                   "log-likelihood; the default and only built-in for causal-lm) | "
+                                                   "a callable `(outputs, targets) -> losses[B]` "
                                                    '("file.py:fn" or "pkg.module:fn")')
     layers: list[str] | None = Field(None, description="module or parameter names or `fnmatch` globs (`fc*`, "
                                                        "`classifier.*`); a module selects all its parameters; "
@@ -375,6 +296,7 @@ class Recipe(_Section):
     factorize: bool = Field(True, description="Linear/Conv2d gradients as factors ⟨a,a′⟩⟨e,e′⟩ when cheaper, exact "
                                               "either way; false = materialise every gradient with torch.func")
     projection: ProjectionSpec | None = Field(None, description="{dim: K, seed: S}: random projection; null = exact")
+    curvature: CurvatureSpec | None = Field(None, description="settings of methods ekfac and arnoldi; null = defaults")
     cache_dir: str | None = Field(None, description="folder of the resumable training-gradient store (relative to "
                                                     "the recipe); null = no store; `--no-cache` ignores it")
     memory_gb: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = Field(
@@ -383,6 +305,22 @@ class Recipe(_Section):
     checks: ChecksSpec | None = Field(None, description="rules of `influence-cli check`")
     base_dir: Path = Field(Path("."), exclude=True)
     source: str = Field("<recipe>", exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _causal_lm_loss(cls, data: Any) -> Any:
+        """A causal-lm model's loss defaults to token_nll."""
+        model = data.get("model") if isinstance(data, dict) else None
+        causal = isinstance(model, dict) and model.get("task") == "causal-lm"
+        return {**data, "loss": "token_nll"} if causal and "loss" not in data else data
+
+    @field_validator("loss")
+    @classmethod
+    def _loss_of_task(cls, loss: str, info: ValidationInfo) -> str:
+        model = info.data.get("model")
+        if isinstance(model, ModelSpec) and model.task == "causal-lm" and ":" not in loss and loss != "token_nll":
+            raise ValueError(f"a causal-lm model takes token_nll or a callable, not {loss!r}")
+        return loss
 
     @field_validator("device")
     @classmethod

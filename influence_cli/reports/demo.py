@@ -75,8 +75,14 @@ def _backdoor_lines(result: DemoFindings) -> list[Text]:
     """Where the poison ranks for mislabel-detect, and whether target-identify found the target and its poison."""
     row, targets = result.target_row, result.targets
     assert row is not None and targets is not None
-    return [Text(f"Backdoor poison in the top 10% of the mislabel ranking: {result.poison_in_top} of "
-                 f"{len(result.poison)} (a learned trigger makes its label fit)."),
+    poison = Text(f"Backdoor poison in the top 10% of the mislabel ranking: {result.poison_in_top} of "
+                  f"{len(result.poison)} (a learned trigger makes its label fit).")
+    if row["prediction"] == row["label"]:  # no triggered test image fooled the model: nothing to find
+        return [poison, Text(f"The backdoor did not take at this size: the model predicts the triggered test example "
+                             f"{result.target} as its true class {row['label']}, so it is not an attack target "
+                             f"(target-identify flagged {int(targets.flagged.sum())} candidates). Train longer or "
+                             "on more examples (the defaults do) to see one found.")]
+    return [poison,
             Text(f"target-identify ({targets.method}): the triggered test example {result.target} ranks "
                  f"#{row['rank']} of {len(targets.test_indices)} candidates (anomaly "
                  f"{row['anomaly_score']:.1f}, {'flagged' if row['flagged'] else 'NOT flagged'}; "

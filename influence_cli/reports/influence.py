@@ -41,14 +41,27 @@ def write_influence_reports(result: InfluenceResult, out: Path) -> list[Path]:
     return written
 
 
+def _labeled(tests: list[dict]) -> bool:
+    """Whether the entries carry labels (a causal LM's text examples have none)."""
+    return any("label" in t for t in tests)
+
+
+def _side_cells(entry: dict | None, labeled: bool) -> tuple:
+    """A neighbour's summary cells: index and text, label (when the data has labels), score."""
+    if entry is None:
+        return ("",) * (3 if labeled else 2)
+    return (cell(entry), label_text(entry, "label"), entry["score"]) if labeled else (cell(entry), entry["score"])
+
+
 def _summary(data: dict) -> str:
     ckpts = markdown_table(["checkpoint", "learning rate"],
                            [(c["path"], c["learning_rate"]) for c in data["checkpoints"]])
     lines = [f"# Influence ({data['method']})", "", f"{len(data['test'])} test example(s); "
              f"{len(data['checkpoints'])} checkpoint(s).", "", ckpts]
+    labeled = _labeled(data["test"])
     for t in data["test"][:20]:
-        lines.append(f"## Test example {t['test_index']} (label {label_text(t, 'label')}, "
-                     f"prediction {label_text(t, 'prediction')})\n")
+        labels = f" (label {label_text(t, 'label')}, prediction {label_text(t, 'prediction')})" if labeled else ""
+        lines.append(f"## Test example {t['test_index']}{labels}\n")
         found = described(t)
         if found is not None:
             lines.append(f"{escape(found[1], quote=False)}\n")  # Markdown renders raw HTML
@@ -57,9 +70,9 @@ def _summary(data: dict) -> str:
         for r in range(min(best, 5)):
             p = t["proponents"][r] if r < len(t["proponents"]) else None
             o = t["opponents"][r] if r < len(t["opponents"]) else None
-            rows.append((r + 1, *(("", "", "") if p is None else (cell(p), label_text(p, "label"), p["score"])),
-                         *(("", "", "") if o is None else (cell(o), label_text(o, "label"), o["score"]))))
-        lines.append(markdown_table(["rank", "proponent", "label", "score", "opponent", "label", "score"], rows))
+            rows.append((r + 1, *_side_cells(p, labeled), *_side_cells(o, labeled)))
+        label = ["label"] if labeled else []
+        lines.append(markdown_table(["rank", "proponent", *label, "score", "opponent", *label, "score"], rows))
     if len(data["test"]) > 20:
         lines.append(f"... and {len(data['test']) - 20} more test examples in influence.json\n")
     return "\n".join(lines)
@@ -71,13 +84,14 @@ def influence_table(result: InfluenceResult, rows: int = 5, per_side: int = 3) -
     shown = data["test"][:rows]
     text = DescriptionColumn.of(shown, TERMINAL_CHARS)
     table = Table(title=f"Influence ({data['method']}), first {len(shown)} test examples")
-    for col in ("test", "label", "pred"):
+    labeled = _labeled(shown)
+    for col in ("test", "label", "pred") if labeled else ("test",):
         table.add_column(col)
     text.add_to(table)
     for col in ("top proponents (index:score)", "top opponents (index:score)"):
         table.add_column(col)
     for t in shown:
         fmt = lambda side: ", ".join(f"{e['train_index']}:{e['score']:.3g}" for e in t[side][:per_side])  # noqa: E731
-        table.add_row(str(t["test_index"]), str(label_text(t, "label")), str(label_text(t, "prediction")),
-                      *text.cells(t), fmt("proponents"), fmt("opponents"))
+        labels = (str(label_text(t, "label")), str(label_text(t, "prediction"))) if labeled else ()
+        table.add_row(str(t["test_index"]), *labels, *text.cells(t), fmt("proponents"), fmt("opponents"))
     return table

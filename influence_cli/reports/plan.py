@@ -31,7 +31,7 @@ def duration(seconds: float) -> str:
 def layers_table(part: Part) -> Table:
     """The selected layers of one pass: parameters D_l, path, projection, numbers and bytes per example."""
     projected = any(x.projection is not None for x in part.layers)
-    table = Table(title=f"{part.label}: {len(part.layers)} layers", title_justify="left")
+    table = Table(title=f"{part.label}: {len(part.layers)} layer{'s' if len(part.layers) != 1 else ''}", title_justify="left")
     for col in ("layer", "parameters", "path", *(("projection",) if projected else ()), "per example", "bytes"):
         table.add_column(col, justify="right" if col in ("parameters", "per example", "bytes") else "left")
     for x in part.layers:

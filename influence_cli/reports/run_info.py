@@ -104,30 +104,60 @@ def git_sha(folder: Path) -> str | None:
     return res.stdout.strip() or None if res.returncode == 0 else None
 
 
+#: recipe keys that change results; the others only say how or where to compute (batch_size,
+#: device, tf32, factorize (exact either way), memory_gb, cache_dir, output, trust_checkpoints, checks)
+RESULT_KEYS = ("model", "checkpoints", "data", "loss", "layers", "projection", "dtype")
+
+#: every file a command may write into its output folder
+REPORT_FILES = ("influence.json", "influence.csv", "scores.safetensors", "mislabels.json", "mislabels.csv",
+                "targets.json", "targets.csv", "suspects.txt", "check.json", "check.md", "summary.md", RUN_FILE,
+                "report.html", "ground_truth.json")
+
+
 def fingerprint(recipe: Recipe) -> dict[str, Any]:
-    """What a folder's results were computed from: sha256 of the recipe as data (defaults included,
-    ``output`` and ``cache_dir`` left out: where results go does not change them) and of every input
-    file it names (data files and folders, model/data/loss code). Checkpoint hashes are recorded
-    beside it (``checkpoints``)."""
-    data = {k: v for k, v in recipe.to_dict().items() if k not in ("output", "cache_dir")}
+    """What a folder's results were computed from: sha256 of each result-changing recipe key
+    (:data:`RESULT_KEYS`, defaults included) and of every input file the recipe names (data files
+    and folders, model/data/loss code). Checkpoint hashes are recorded beside it (``checkpoints``)."""
+    data = recipe.to_dict()
     items = [i for i in recipe_inputs(recipe) if i.what not in ("the recipe", "a checkpoint", "the baseline")]
-    return {"recipe": _sha256(json.dumps(data, sort_keys=True)),
+    return {"recipe": {k: _sha256(json.dumps(data.get(k), sort_keys=True)) for k in RESULT_KEYS},
             "files": {i.what: content_digest(i) for i in items}}
 
 
-def check_same_inputs(out: Path, recipe: Recipe, *, overwrite: bool = False, option: str = "--out") -> None:
-    """Refuse to write ``recipe``'s results into ``out`` when its run.json records another recipe or
-    other input files (unless ``overwrite``), or cannot be read."""
+def other_run(out: Path, recipe: Recipe) -> str | None:
+    """What differs between ``recipe`` and the run whose results ``out`` holds (``None``: no other run,
+    or one that cannot be compared, e.g. an input is missing and loading will say so)."""
     run = read_run_info(out) if out.is_dir() else None
-    if run is None or overwrite:
-        return
-    before, now = run.get("inputs"), fingerprint(recipe)
-    if before is None or before == now:
-        return
-    what = "recipe" if before.get("recipe") != now["recipe"] else "input files " + ", ".join(
-        sorted(k for k in {*before.get("files", {}), *now["files"]} if before.get("files", {}).get(k) != now["files"].get(k)))
-    raise InfluenceError(f"{option} {out}: holds results of another run (its {what} differ from {recipe.source}'s); "
-                         "give another folder, or --overwrite to replace them")
+    before = None if run is None else run.get("inputs")
+    if not isinstance(before, dict) or not isinstance(before.get("recipe"), dict):
+        return None
+    now = fingerprint(recipe)
+    if None in now["files"].values():
+        return None
+    keys = [k for k in RESULT_KEYS if before["recipe"].get(k) != now["recipe"][k]]
+    files = sorted(k for k in {*before.get("files", {}), *now["files"]} if before.get("files", {}).get(k) != now["files"].get(k))
+    if not keys and not files:
+        return None
+    owner = run.get("recipe_path") if run is not None else None  # type: ignore[union-attr]
+    same = owner is not None and Path(owner) == Path(recipe.source).resolve()
+    what = ", ".join([*(f"`{k}`" for k in keys), *files])
+    return f"{'an earlier version of this recipe' if same else owner or 'another recipe'} (different: {what})"
+
+
+def check_same_inputs(out: Path, recipe: Recipe, *, overwrite: bool = False, option: str = "--out") -> bool:
+    """Whether ``out`` holds another run's results (:func:`other_run`): refused unless ``overwrite``
+    (then the caller replaces them: :func:`clear_reports`)."""
+    other = other_run(out, recipe)
+    if other is not None and not overwrite:
+        raise InfluenceError(f"{option} {out}: holds the results of {other}; give another folder, or --overwrite "
+                             "to replace them")
+    return other is not None
+
+
+def clear_reports(out: Path) -> None:
+    """Remove every report file (:data:`REPORT_FILES`) from ``out``: another run's results, replaced."""
+    for name in REPORT_FILES:
+        (out / name).unlink(missing_ok=True)
 
 
 def _sha256(text: str) -> str:

@@ -21,7 +21,7 @@ from influence_cli.errors import InfluenceError
 from influence_cli.files import atomic_write
 from influence_cli.progress import TaskTiming
 from influence_cli.reports import check, influence, mislabel, target
-from influence_cli.reports.run_info import check_same_inputs, write_run_info
+from influence_cli.reports.run_info import check_same_inputs, clear_reports, write_run_info
 from influence_cli.scoring import InfluenceResult
 
 Result = InfluenceResult | MislabelResult | TargetResult | CheckResult
@@ -68,14 +68,16 @@ def write_reports(result: Result, out: Path | str, *, html: bool = False, junit:
 
     ``seconds`` and ``tasks`` (wall times per pass) are recorded in run.json. A folder whose run.json
     records another recipe or other data is refused unless ``overwrite``
-    (:func:`~influence_cli.reports.run_info.check_same_inputs`).
+    (:func:`~influence_cli.reports.run_info.check_same_inputs`); with it, that run's report files are
+    removed, so results of two runs never mix.
     """
     out = Path(out)
     kind = _kind(result)
     session = result.session
     if session is None:
         raise InfluenceError("write_reports: this check result was built without a session (use `check(...)`)")
-    check_same_inputs(out, session.recipe, overwrite=overwrite, option="out")
+    if check_same_inputs(out, session.recipe, overwrite=overwrite, option="out"):
+        clear_reports(out)  # another run's results: replaced, not mixed with these
     written = kind.write(result, out)
     if isinstance(result, CheckResult):
         if junit is not None:

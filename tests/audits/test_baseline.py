@@ -108,3 +108,12 @@ def test_a_folder_is_not_a_baseline(tmp_path: Path) -> None:
     folder.mkdir()
     with pytest.raises(DataError, match=r"/b: the baseline must be a file, not a folder$"):
         Baseline.load(folder)
+
+
+def test_paths_are_stored_relative_to_the_recipe_folder(tmp_path: Path) -> None:
+    """A committed baseline is the same file on every machine: image paths below the recipe's folder
+    are relative (with '/'), others stay as they are."""
+    inside = {"id": "0" * 16, "given_label": 1, "path": str(tmp_path / "data" / "train" / "cat" / "012.png")}
+    outside = {"id": "1" * 16, "given_label": 2, "path": "/elsewhere/dog/7.png"}
+    entries = Baseline.of([inside, outside], "loss", base_dir=tmp_path).to_dict()["entries"]
+    assert [e["path"] for e in entries] == ["data/train/cat/012.png", "/elsewhere/dog/7.png"]

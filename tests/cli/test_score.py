@@ -192,3 +192,14 @@ def test_repeated_test_indices_are_explained_once(run, tmp_path) -> None:
     out = tmp_path / "out"
     assert _invoke("score", run.recipe_path, "--out", out, "--test-indices", "1,1,0:2", "-q").exit_code == 0
     assert [t["test_index"] for t in json.loads((out / "influence.json").read_text())["test"]] == [1, 0]
+
+
+def test_score_method_ekfac_matches_the_library(run, tmp_path):
+    out = tmp_path / "ekfac"
+    res = _invoke("score", run.recipe_path, "--method", "ekfac", "--top-k", K, "--test-indices", "1", "--out", out)
+    assert res.exit_code == 0, res.output
+    written = json.loads((out / "influence.json").read_text())
+    assert written["method"] == "ekfac"
+    lib = score(load_recipe(run.recipe_path), method="ekfac", test_indices=[1], k=K)
+    got = [p["score"] for p in written["test"][0]["proponents"]]
+    torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), lib.proponents[0][0], rtol=RTOL, atol=ATOL)

@@ -34,15 +34,39 @@ def test_another_runs_folder_is_refused_unless_overwrite(tiny_recipe):
     assert _score(run).exit_code == 0
     before = (run.dir / "out" / "influence.json").read_bytes()
     assert _score(run, "--test-indices", "1").exit_code == 0  # same recipe and data: another question is fine
+    run.rewrite(batch_size=2)  # how, not what, is computed: still this run's folder
+    assert _score(run).exit_code == 0
     torch.save({"inputs": torch.randn(5, 6), "labels": torch.tensor([0, 1, 2, 1, 0])}, run.dir / "train.pt")
     res = _score(run)
     assert res.exit_code == 2 and res.stderr == (
-        f"error: output {run.dir / 'out'}: holds results of another run (its input files the training data differ "
-        f"from {run.recipe_path}'s); give another folder, or --overwrite to replace them\n")
-    run.rewrite(batch_size=2)
-    assert "(its recipe differ" in _score(run).stderr
+        f"error: output {run.dir / 'out'}: holds the results of an earlier version of this recipe (different: the "
+        "training data); give another folder, or --overwrite to replace them\n")
+    run.rewrite(layers=["4"])
+    assert "(different: `layers`, the training data)" in _score(run).stderr
     assert (run.dir / "out" / "influence.json").read_bytes() != before  # the second question's answer
     assert _score(run, "--overwrite").exit_code == 0
+
+
+def test_overwrite_replaces_the_other_runs_results_instead_of_mixing_them(tiny_recipe):
+    """Another recipe's mislabel results do not survive next to this recipe's scores."""
+    first, second = tiny_recipe("mlp", n_train=5, n_test=2), tiny_recipe("mlp", n_train=6, n_test=2, seed=3)
+    out = first.dir / "out"
+    assert runner.invoke(app, ["mislabel-detect", str(first.recipe_path), "-q", "--top", "2"]).exit_code == 0
+    assert (out / "mislabels.json").exists()
+    res = runner.invoke(app, ["score", str(second.recipe_path), "-q", "--out", str(out), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    info = json.loads((out / "run.json").read_text())
+    assert not (out / "mislabels.json").exists() and not (out / "mislabels.csv").exists()
+    assert set(info["commands"]) == {"score"} and info["recipe_path"] == str(second.recipe_path.resolve())
+    assert "mislabel-detect" not in (out / "summary.md").read_text()
+
+
+def test_a_missing_input_is_reported_before_the_folder_question(tiny_recipe):
+    run = tiny_recipe("mlp", n_train=5, n_test=2)
+    assert _score(run).exit_code == 0
+    (run.dir / "train.pt").unlink()
+    res = _score(run)
+    assert res.exit_code == 2 and res.stderr == f"error: data.train.path: file not found: {run.dir / 'train.pt'}\n"
 
 
 def test_a_damaged_run_json_is_an_error_not_silently_replaced(tiny_recipe):
@@ -61,5 +85,5 @@ def test_write_reports_from_a_notebook(tiny_recipe, tmp_path):
     assert {p.name for p in written} == {"influence.json", "influence.csv", "summary.md", "run.json"}
     assert json.loads((tmp_path / "nb" / "run.json").read_text())["commands"].keys() == {"score"}
     other = tiny_recipe("mlp", n_train=5, n_test=2, seed=1)
-    with pytest.raises(InfluenceError, match="holds results of another run"):
+    with pytest.raises(InfluenceError, match="holds the results of .*recipe.yaml \\(different: the test data, the training data\\)"):
         write_reports(score(load_recipe(other.recipe_path), k=2), tmp_path / "nb")

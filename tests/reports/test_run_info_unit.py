@@ -31,12 +31,13 @@ def test_fingerprint_hashes_each_input_file(tiny_recipe):
                      "the model code": _sha256(model_code)}
 
 
-def test_fingerprint_follows_the_data_and_the_recipe_but_not_where_results_go(tiny_recipe):
+def test_fingerprint_follows_the_data_and_what_the_recipe_computes_not_how_or_where(tiny_recipe):
     run = tiny_recipe("mlp", n_train=5, n_test=2)
     before = _fingerprint(run)
-    assert _fingerprint(run, output="elsewhere", cache_dir="grads") == before
-    assert _fingerprint(run, batch_size=2)["recipe"] != before["recipe"]
-    run.rewrite(batch_size=4)
+    assert _fingerprint(run, output="elsewhere", cache_dir="grads", batch_size=2, device="cpu", memory_gb=1) == before
+    changed = _fingerprint(run, layers=["4"])["recipe"]
+    assert [k for k in changed if changed[k] != before["recipe"][k]] == ["layers"]
+    run.rewrite(layers=None)
     assert _fingerprint(run) == before  # the same recipe data again: the same hash
 
     x, y = run.train

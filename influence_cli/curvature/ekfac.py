@@ -1,0 +1,185 @@
+"""EK-FAC: the Gauss-Newton curvature G, block-diagonal over layers, for influence functions
+
+    I(z, z′) = g(z′)ᵀ (G + λI)⁻¹ g(z)        (one checkpoint, by default the final one).
+
+Per ``nn.Linear`` or ``nn.Conv2d`` layer (those :mod:`~influence_cli.gradients.factorized` reads from
+hooks, including the Linear layers of transformers models) with per-example gradient
+G_i = Σ_t e_t ã_tᵀ ∈ ℝ^{q×p} (positions t: sequence positions, or a convolution's output positions
+with ã_t the unfolded input patch; ã = [a; 1] with the bias column when the bias is selected,
+e = ∂ℓ/∂(pre-activation)):
+
+1. Kronecker factors (first pass over the training set): A = E[Σ_t ã_t ã_tᵀ], S = E[Σ_t e_t e_tᵀ], e at
+   labels ŷ *sampled* from the model's predictive distribution (softmax of the logits), as
+   Kronfluence does, so that E_ŷ[g gᵀ] is the Gauss-Newton matrix and not the empirical Fisher.
+2. Eigenbases A = Q_A Λ_A Q_Aᵀ, S = Q_S Λ_S Q_Sᵀ, and the eigenvalue correction (second pass, the
+   same sampled labels) Λ* = E_i[(Q_Sᵀ G_i Q_A)²] ∈ ℝ^{q×p}: the curvature block is
+   (Q_S ⊗ Q_A) diag(Λ*) (Q_S ⊗ Q_A)ᵀ, exact whenever the layer's per-example curvature is a
+   Kronecker product (e.g. a single Linear layer fed one input).
+3. Preconditioned gradient P G = Q_S [(Q_Sᵀ G Q_A) / (Λ* + λ)] Q_Aᵀ.
+
+Every other selected parameter (LayerNorm, BatchNorm, embeddings, grouped convolutions, a layer
+whose weight is not selected) falls back to the diagonal of the same sampled-label Gauss-Newton matrix:
+P g = g / (E_i[g_i²] + λ). Damping λ, per block: the recipe's ``curvature.damping`` when set, else
+0.1 × the mean of the block's eigenvalues Λ* (or of its diagonal), Kronfluence's heuristic.
+
+Cost: two passes over the training set at one checkpoint (a forward/backward, then per-example
+gradients); memory p² + q² + pq per factored layer; preconditioning a gradient costs O(pq(p + q)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from influence_cli.errors import GradientError
+from influence_cli.gradients.factorized import FactorizedGradients
+from influence_cli.gradients.factors import Factors
+from influence_cli.gradients.layers import ParamLayout
+from influence_cli.gradients.per_example import FlatGrads, GradientBatch, call_model
+from influence_cli.loading.examples import Inputs
+from influence_cli.losses import LossFn
+
+#: λ = DAMPING_FRACTION × mean eigenvalue of the block when the recipe sets no damping.
+DAMPING_FRACTION = 0.1
+
+Batches = Callable[[], Iterable[Inputs]]
+
+
+@dataclass
+class KroneckerBlock:
+    """One Linear/Conv2d layer's eigenbases Q_A [p, p], Q_S [q, q], corrected eigenvalues Λ* [q, p] and λ."""
+
+    columns: tuple[int, int]
+    bias: bool
+    qa: torch.Tensor
+    qs: torch.Tensor
+    eigenvalues: torch.Tensor
+    damping: float = 0.0
+
+    def to_matrices(self, g: torch.Tensor) -> torch.Tensor:
+        """Flat layer gradients [B, D_l] (weight row-major, then bias) as G = [W | b]: [B, q, p]."""
+        q, p = self.qs.shape[0], self.qa.shape[0]
+        w = g[:, :q * (p - self.bias)].reshape(len(g), q, p - self.bias)
+        return torch.cat([w, g[:, q * (p - 1):, None]], dim=2) if self.bias else w
+
+    def to_flat(self, m: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_matrices`."""
+        w = m[:, :, :m.shape[2] - self.bias].flatten(1)
+        return torch.cat([w, m[:, :, -1]], dim=1) if self.bias else w
+
+    def rotate(self, g: torch.Tensor) -> torch.Tensor:
+        """Q_Sᵀ G Q_A for every example: [B, q, p]."""
+        return self.qs.T @ self.to_matrices(g) @ self.qa
+
+    def precondition(self, g: torch.Tensor) -> torch.Tensor:
+        """Q_S [(Q_Sᵀ G Q_A) / (Λ* + λ)] Q_Aᵀ, flat."""
+        return self.to_flat(self.qs @ (self.rotate(g) / (self.eigenvalues + self.damping)) @ self.qa.T)
+
+
+@dataclass
+class DiagonalBlock:
+    """The fallback: diag(E[g²]) [D_l] of a layer, and λ."""
+
+    columns: tuple[int, int]
+    eigenvalues: torch.Tensor
+    damping: float = 0.0
+
+    def precondition(self, g: torch.Tensor) -> torch.Tensor:
+        """g / (E[g²] + λ)."""
+        return g / (self.eigenvalues + self.damping)
+
+
+@dataclass
+class EKFAC:
+    """The fitted preconditioner P ≈ (G + λI)⁻¹ over a layout, and the labels it was fitted with."""
+
+    blocks: list[KroneckerBlock | DiagonalBlock]
+    layout: ParamLayout
+    sampled_labels: torch.Tensor  # [N] ŷ drawn for the training examples, in pass order
+
+    def precondition(self, grads: GradientBatch) -> FlatGrads:
+        """P g for every example of the batch: [B, D]."""
+        g = grads.g  # type: ignore[attr-defined]
+        return FlatGrads(torch.cat([b.precondition(g[:, slice(*b.columns)]) for b in self.blocks], dim=1),
+                         self.layout)
+
+
+def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """ŷ ~ softmax(logits), one class per row (drawn on the CPU, so a seed gives the same draw everywhere)."""
+    probs = logits.detach().double().softmax(dim=1).cpu()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
+
+
+def _kronecker_inputs(f: Factors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ã [B, T, p], e [B, T, q]) of a factor block, the bias column appended."""
+    a = torch.cat([f.a, torch.ones_like(f.a[..., :1])], dim=2) if f.bias else f.a
+    return a, f.e
+
+
+def _factors(computer: FactorizedGradients, weights: dict[str, torch.Tensor], batches: Batches, seed: int
+             ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor, bool]], list[torch.Tensor]]:
+    """First pass: (Σ ã ãᵀ, Σ e eᵀ, bias selected) per Linear/Conv2d layer whose weight is selected
+    (unnormalised: only their eigenvectors are used), and the sampled labels of each batch."""
+    gen = torch.Generator().manual_seed(seed)
+    sums: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
+    labels = []
+    for x in batches():
+        with torch.no_grad():
+            y = sample_labels(call_model(computer.model, weights, x), gen)
+        for l, block in enumerate(computer(weights, x, y).blocks):
+            if isinstance(block, Factors) and block.a.shape[2]:
+                a, e = (t.flatten(0, 1) for t in _kronecker_inputs(block))
+                a_sum, s_sum, _ = sums.get(l, (0, 0, block.bias))
+                sums[l] = (a_sum + a.T @ a, s_sum + e.T @ e, block.bias)
+        labels.append(y)
+    if not all(bool(torch.isfinite(a).all() and torch.isfinite(s).all()) for a, s, _ in sums.values()):
+        raise GradientError("ekfac: the curvature factors are not finite (NaN or inf activations or losses)")
+    return sums, labels
+
+
+def _squares(block: KroneckerBlock | DiagonalBlock, g: Factors | torch.Tensor) -> torch.Tensor:
+    """Σ_i (Q_Sᵀ G_i Q_A)² from factors, or Σ_i g_i² of a dense block."""
+    if isinstance(block, DiagonalBlock):
+        dense = g.materialize() if isinstance(g, Factors) else g
+        return dense.pow(2).sum(0)
+    a, e = _kronecker_inputs(g)  # type: ignore[arg-type]
+    return torch.einsum("btq,btp->bqp", e @ block.qs, a @ block.qa).pow(2).sum(0)
+
+
+def _damped(block: KroneckerBlock | DiagonalBlock, damping: float | None) -> KroneckerBlock | DiagonalBlock:
+    """The block with its λ: ``damping`` or DAMPING_FRACTION × mean eigenvalue (> 0)."""
+    mean = float(block.eigenvalues.mean())
+    block.damping = damping if damping is not None else DAMPING_FRACTION * mean
+    if block.damping <= 0:
+        block.damping = torch.finfo(block.eigenvalues.dtype).tiny
+    return block
+
+
+def fit_ekfac(model: nn.Module, weights: dict[str, torch.Tensor], layout: ParamLayout, loss_fn: LossFn,
+              batches: Batches, *, damping: float | None = None, seed: int = 0) -> EKFAC:
+    """Fit EK-FAC at ``weights`` over the training inputs ``batches()`` yields (called twice, same order;
+    one extra forward per batch draws the labels):
+    factors A, S and their eigenbases, then Λ* from the per-example gradients (factorised hooks, see
+    :mod:`~influence_cli.gradients.factorized`) at the labels sampled with ``seed``."""
+    computer = FactorizedGradients(model, layout, loss_fn)
+    computer.keep_factors = True
+    sums, labels = _factors(computer, weights, batches, seed)
+    blocks: list[KroneckerBlock | DiagonalBlock] = []
+    for l, cols in enumerate(layout.slices):
+        if l in sums:
+            a_sum, s_sum, bias = sums[l]
+            qa, qs = (torch.linalg.eigh(m.double()).eigenvectors.to(m.dtype) for m in (a_sum, s_sum))
+            blocks.append(KroneckerBlock(cols, bias, qa, qs, qa.new_zeros(qs.shape[0], qa.shape[0])))
+        else:
+            blocks.append(DiagonalBlock(cols, torch.zeros(cols[1] - cols[0])))  # dtype, device: from the gradients
+    for x, y in zip(batches(), labels):
+        for b, g in zip(blocks, computer(weights, x, y).blocks):
+            sq = _squares(b, g)
+            b.eigenvalues = b.eigenvalues.to(sq) + sq
+    n = sum(len(y) for y in labels)
+    for b in blocks:
+        b.eigenvalues = b.eigenvalues / max(n, 1)
+    return EKFAC([_damped(b, damping) for b in blocks], layout, torch.cat(labels) if labels else torch.zeros(0))
