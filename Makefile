@@ -26,10 +26,11 @@ test-slow: $(STAMP)
 # Speed and quality benchmarks (minutes; results and commands in benchmarks/RESULTS.md).
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[test,bench]"
-	cd benchmarks && for b in bench_vs_captum bench_vs_training bench_scaling bench_projection bench_precision; do \
+	cd benchmarks && for b in bench_vs_captum bench_vs_training bench_scaling bench_memory bench_projection bench_projection_dense bench_precision; do \
 	  $(abspath $(PY)) $$b.py || exit 1; done
 	$(PY) benchmarks/mislabel.py --seeds 5 --archs cnn mlp
 	OMP_NUM_THREADS=1 $(PY) benchmarks/target.py --seeds 10 --scenarios vision
+	OMP_NUM_THREADS=1 $(PY) benchmarks/lds.py
 
 # CUDA throughput (ResNet-18, fp32/TF32/bf16, exact/projected), the CIFAR-10 extrapolation and the gpu tests.
 bench-gpu: $(STAMP)
