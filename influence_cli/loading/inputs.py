@@ -7,6 +7,7 @@ One list for everything that needs it: the output guard (nothing an output may o
 
 from __future__ import annotations
 
+import functools
 import glob as globlib
 import hashlib
 from dataclasses import dataclass
@@ -79,7 +80,16 @@ def recipe_inputs(recipe: Recipe) -> list[Input]:
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file's bytes."""
+    """sha256 of a file's bytes. Read once per process while the file is unchanged (same device,
+    inode, size, modification and change times; the change time moves on every write and cannot be set
+    back, so a rewrite is never missed): one run asks for its data files' hashes several times (the
+    output folder's check before computing, the store key, run.json)."""
+    st = Path(path).stat()
+    return _sha256_of(str(Path(path).resolve()), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+@functools.lru_cache(maxsize=1024)
+def _sha256_of(path: str, dev: int, inode: int, size: int, mtime_ns: int, ctime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
