@@ -222,11 +222,19 @@ def query_example_bytes(session: Session, method: Method, indices: torch.Tensor,
     return nbytes(feats) / len(idx) * len(checkpoint_terms(session, method))
 
 
+def _dense_bytes(session: Session) -> int:
+    """An upper bound on one query example's bytes over all C checkpoints: its gradient fully
+    materialised (factors are kept only when smaller, projections are smaller), C·D·itemsize."""
+    itemsize = max(torch.empty(0, dtype=session.dtype).element_size(),
+                   torch.empty(0, dtype=session.score_dtype).element_size())
+    return len(session.weights) * sum(session.layout.sizes) * itemsize
+
+
 def query_chunk(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> int:
     """How many query examples one chunk holds: all M when C·M·d bytes fit :func:`query_budget`, else
     ⌊budget / (C·d)⌋, said once in a warning; not even one fitting is an error."""
     budget, m = query_budget(session), len(indices)
-    if budget is None or m == 0:
+    if budget is None or m == 0 or m * _dense_bytes(session) <= budget:  # fits even fully materialised
         return m
     per_example = query_example_bytes(session, method, indices, labels)
     chunk = int(budget // per_example) if per_example > 0 else m
