@@ -16,15 +16,18 @@ Order of work, for C checkpoints, M query and N training examples:
 The training-batch loop is outside the checkpoint loop so that the sum over checkpoints is
 complete before top-k selection; every checkpoint's weights therefore stay loaded.
 
-The influence functions ``ekfac`` and ``arnoldi`` use the final checkpoint only (:func:`checkpoint_terms`):
-their preconditioner P ≈ G⁻¹ is fitted once per session (:func:`curvature`), the query side holds
-P g(z′), the training side g(z), and the self-influence is g(z)ᵀ P g(z).
+The influence functions ``ekfac`` and ``arnoldi`` use the final checkpoint (or every checkpoint with
+weight η_c, ``curvature: {checkpoints: all}``; :func:`checkpoint_terms`): their preconditioner
+P_c ≈ (G_c + λI)⁻¹ is fitted once per session and checkpoint (:func:`curvature`; kept in the gradient
+store with ``cache_dir``), the query side holds P_c g_c(z′), the training side g_c(z), and the
+self-influence is g_c(z)ᵀ P_c g_c(z).
 """
 
 from __future__ import annotations
 
+import json
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +35,7 @@ import torch
 from influence_cli import distributed
 from influence_cli.curvature.arnoldi import Arnoldi, fit_arnoldi
 from influence_cli.curvature.ekfac import EKFAC, fit_ekfac
+from influence_cli.curvature.sums import Reduce, Sums, in_process, total
 from influence_cli.errors import GradientError, InfluenceError, ParameterError
 from influence_cli.estimators import layer_weights, self_influence_term
 from influence_cli.gradients.per_example import FlatGrads, GradientBatch
@@ -130,53 +134,114 @@ def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
 
 def checkpoint_terms(session: Session, method: Method) -> list[tuple[int, float]]:
     """The (checkpoint c, weight) pairs a method sums over: every c with η_c; ``ekfac``, ``arnoldi``: the
-    final checkpoint with weight 1 (its curvature is the final model's)."""
-    if method in CURVATURE_METHODS:
+    final checkpoint with weight 1 (its curvature is the final model's), or every c with η_c when the
+    recipe sets ``curvature: {checkpoints: all}``."""
+    if method in CURVATURE_METHODS and curvature_spec(session).checkpoints == "last":
         return [(len(session.weights) - 1, 1.0)]
     return list(enumerate(session.learning_rates))
 
 
-def curvature(session: Session, method: Method) -> EKFAC | Arnoldi:
-    """The session's preconditioner P ≈ G⁻¹ for ``ekfac`` or ``arnoldi`` at the final checkpoint,
-    fitted over the training set on first use (see :mod:`influence_cli.curvature`) and kept per method and
-    layer selection."""
-    key = f"{method}:{','.join(session.layout.names)}"
+def curvature_spec(session: Session) -> CurvatureSpec:
+    """The recipe's ``curvature:`` settings (defaults when absent)."""
+    return session.recipe.curvature or CurvatureSpec()
+
+
+def _reduce() -> Reduce:
+    """Sums over the whole training set: in this process, or under ``torchrun`` every rank's local sums
+    (computed inside :func:`~influence_cli.distributed.on_every_rank`, so a failing rank stops all) added
+    in rank order on the CPU, then moved back to where they were computed."""
+    if distributed.world_size() == 1:
+        return in_process
+
+    def across_ranks(local: Callable[[], Sums]) -> Sums:
+        where: dict[str, torch.device] = {}
+
+        def on_cpu() -> Sums:
+            sums = local()
+            where.update({k: v.device for k, v in sums.items()})
+            return {k: v.cpu() for k, v in sums.items()}
+
+        summed = total(distributed.on_every_rank(on_cpu, "fitting the curvature"))
+        device = next(iter(where.values()), torch.device("cpu"))
+        return {k: v.to(where.get(k, device)) for k, v in summed.items()}
+    return across_ranks
+
+
+def _fit_key(session: Session, method: Method) -> str:
+    """What a fit depends on beyond the store's recipe key and the checkpoint: the method, its settings, the
+    batch boundaries (which seed ekfac's sampled labels) and the layer selection."""
+    spec = curvature_spec(session).model_dump(mode="json", include={"damping", "seed", "eigenpairs", "iterations"})
+    return json.dumps({"method": str(method), **spec, "batch_size": session.recipe.batch_size,
+                       "layers": session.layout.names}, sort_keys=True)
+
+
+def _fit(session: Session, method: Method, c: int) -> EKFAC | Arnoldi:
+    """Fit ``method``'s preconditioner at checkpoint c over the training set (this rank's batches under
+    ``torchrun``, the sums added across ranks)."""
+    s, spec = session, curvature_spec(session)
+    w = distributed.world_size()
+    mine = torch.arange(len(s.train))
+    if w > 1:
+        mine = distributed.shard(mine, s.recipe.batch_size, distributed.rank(), w)
+
+    def batches() -> Iterator[tuple[int, object, torch.Tensor]]:
+        for idx, x, y in s.train.batches(s.recipe.batch_size, mine):
+            yield (int(idx[0]), *s.to_device(x, y))
+
+    if method is Method.ARNOLDI:
+        return fit_arnoldi(s.model, s.weights[c], s.layout, s.loss_fn, lambda: ((x, y) for _, x, y in batches()),
+                           len(s.train), eigenpairs=spec.eigenpairs, iterations=spec.iterations or 2 * spec.eigenpairs,
+                           seed=spec.seed, reduce=_reduce())
+    if not s.is_classifier:
+        raise ParameterError("method", f"ekfac samples labels from the model's softmax and needs a "
+                                       f"classification loss, not {s.recipe.loss!r}")
+    return fit_ekfac(s.model, s.weights[c], s.layout, s.loss_fn, lambda: ((i, x) for i, x, _ in batches()),
+                     damping=spec.damping, seed=spec.seed, reduce=_reduce())
+
+
+def curvature(session: Session, method: Method, c: int = -1) -> EKFAC | Arnoldi:
+    """The session's preconditioner P ≈ (G_c + λI)⁻¹ for ``ekfac`` or ``arnoldi`` at checkpoint c (default
+    the final one), fitted over the training set on first use (see :mod:`influence_cli.curvature`) and kept
+    per method, checkpoint and layer selection; with ``cache_dir``, kept in the gradient store too and
+    read back by later runs."""
+    c = c % len(session.weights)
+    key = f"{method}:{c}:{','.join(session.layout.names)}"
     if key not in session.curvature:
         if session.recipe.projection is not None:
             raise ParameterError("method", f"{method} needs exact gradients; remove `projection` from the recipe")
-        spec, s = session.recipe.curvature or CurvatureSpec(), session
-
-        def batches() -> Iterator[tuple[object, torch.Tensor]]:
-            return (s.to_device(x, y) for _, x, y in s.train.batches(s.recipe.batch_size))
-
-        if method is Method.ARNOLDI:
-            session.curvature[key] = fit_arnoldi(s.model, s.weights[-1], s.layout, s.loss_fn, batches,
-                                                    len(s.train), eigenpairs=spec.eigenpairs,
-                                                    iterations=spec.iterations or 2 * spec.eigenpairs, seed=spec.seed)
-        elif not s.is_classifier:
-            raise ParameterError("method", f"ekfac samples labels from the model's softmax and needs a "
-                                           f"classification loss, not {s.recipe.loss!r}")
+        kind = Arnoldi if method is Method.ARNOLDI else EKFAC
+        sha, name = session.checkpoints[c].sha256, _fit_key(session, method)
+        state = None if session.store is None else session.store.load_fit(sha, name, session.device)
+        if state is not None:
+            session.curvature[key] = kind.from_state(state, session.layout)
         else:
-            session.curvature[key] = fit_ekfac(s.model, s.weights[-1], s.layout, s.loss_fn,
-                                                  lambda: (x for x, _ in batches()), damping=spec.damping,
-                                                  seed=spec.seed)
+            session.curvature[key] = _fit(session, method, c)
+            if session.store is not None and distributed.is_main():
+                session.store.save_fit(sha, name, session.curvature[key].state())
     return session.curvature[key]
 
 
 def weighted_batch(session: Session, method: Method, c: int, x: object, y: torch.Tensor,
-              train_idx: torch.Tensor | None = None) -> tuple[GradientBatch, torch.Tensor, torch.Tensor]:
+                   train_idx: torch.Tensor | None = None) -> tuple[GradientBatch, torch.Tensor, torch.Tensor]:
     """(w·g_c, Σ_l w_l²‖g^l‖², finite flags) for one batch at checkpoint c; a training batch
-    (``train_idx`` given) goes through the session's gradient store. ``ekfac``: (P g for a query batch,
-    g for a training batch; gᵀ P g; finite flags), P the preconditioner of :func:`curvature`; ``arnoldi`` alike."""
+    (``train_idx`` given) goes through the session's gradient store. ``ekfac``, ``arnoldi``: (P g for a
+    query batch, g for a training batch; gᵀ P g; finite flags), P the preconditioner of :func:`curvature`
+    at c; with ``curvature: {renormalize: true}`` both sides divided by √(gᵀPg), so the product is a
+    cosine in the metric P and the self-influence 1."""
     if train_idx is None:
         g = session.gradients(session.weights[c], x, y)
     else:
         g = session.train_gradients(c, train_idx, x, y)
     if method in CURVATURE_METHODS:
         flat = FlatGrads(g.g, g.layout)  # type: ignore[attr-defined]
-        pg = curvature(session, method).precondition(flat)
+        pg = curvature(session, method, c).precondition(flat)
         self_term = (pg.g * flat.g).sum(1).to(session.score_dtype)
-        return (pg if train_idx is None else flat), self_term, torch.isfinite(self_term)
+        side = pg if train_idx is None else flat
+        if curvature_spec(session).renormalize:
+            scale = self_term.clamp_min(torch.finfo(self_term.dtype).tiny).rsqrt()
+            side = FlatGrads(side.g * scale[:, None].to(side.g.dtype), side.layout)
+            self_term = torch.where(torch.isfinite(self_term), torch.ones_like(self_term), self_term)
+        return side, self_term, torch.isfinite(self_term)
     sq = g.layer_sq_norms().to(session.score_dtype)
     w = layer_weights(sq, method)
     return g.scaled(w), self_influence_term(sq, w), torch.isfinite(sq).all(1)

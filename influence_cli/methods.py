@@ -45,6 +45,7 @@ class MislabelMethod(Choice):
     LOSS = "loss"
     COMBINED = "combined"
     EKFAC = "ekfac"
+    ARNOLDI = "arnoldi"
 
 
 class TestLabels(Choice):

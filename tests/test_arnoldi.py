@@ -3,7 +3,6 @@ Gauss-Newton matrix G = (1/N) Σ_i J_iᵀ H_i J_i of a tiny MLP and its eigendec
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,12 +10,13 @@ import torch.nn.functional as F
 from torch.func import functional_call, hessian, jacrev
 
 from fixtures.tiny_models import build_mlp
-from influence_cli import load_recipe, score
+from influence_cli import Session, load_recipe, score
+from influence_cli.audits.mislabel import compute_signals
 from influence_cli.curvature.arnoldi import fit_arnoldi
 from influence_cli.errors import ParameterError
 from influence_cli.gradients.layers import select_parameters
 from influence_cli.gradients.per_example import PerExampleGradients
-from influence_cli.plan import plan
+from influence_cli.methods import MislabelMethod
 
 P = 4
 
@@ -75,12 +75,21 @@ def test_score_arnoldi_is_the_final_checkpoints_explicit_influence(tiny_recipe):
     torch.testing.assert_close(result.matrix, (gt / values[top]) @ g.T, rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize(("command", "method"), [("score", "arnoldi"), ("target-identify", "ekfac"),
-                                                 ("mislabel-detect", "ekfac")])
-def test_plan_refuses_the_curvature_methods_it_cannot_estimate(command, method):
-    with pytest.raises(ParameterError) as err:
-        plan(Path("unused.yaml"), command=command, method=method)  # type: ignore[arg-type]
-    assert err.value.parameter == "method"
+def test_mislabel_arnoldi_is_the_explicit_self_influence(tiny_recipe):
+    """``mislabel-detect --method arnoldi``: Σ_{i≤p} (u_iᵀg(z))²/λ_i at the final checkpoint, at the given labels."""
+    run = tiny_recipe("mlp", n_train=6, n_test=1, learning_rates=(0.4, 0.1), seed=3,
+                      curvature={"eigenpairs": P, "iterations": 60})
+    session = Session.from_recipe(load_recipe(run.recipe_path))
+    signals, _, _ = compute_signals(session, {MislabelMethod.ARNOLDI})
+    model = run.factory().double()
+    model.load_state_dict(run.states[-1])
+    x, y = run.train[0].double(), run.train[1]
+    values, vectors = torch.linalg.eigh(_explicit_gauss_newton(model, x, y))
+    top = values.argsort(descending=True)[:P]
+    layout = select_parameters(model, None)
+    g = PerExampleGradients(model, layout, _loss)({k: v.detach() for k, v in model.named_parameters()}, x, y).g
+    torch.testing.assert_close(signals[MislabelMethod.ARNOLDI], ((g @ vectors[:, top]) ** 2 / values[top]).sum(1),
+                               rtol=1e-7, atol=1e-9)
 
 
 def test_arnoldi_refuses_a_projection(tiny_recipe):

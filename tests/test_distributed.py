@@ -37,6 +37,8 @@ N_TRAIN, BATCH = 37, 8         # 5 batches: rank 0 gets 3 (24 examples), rank 1 
 NAN_EXAMPLE = 30               # in rank 1's shard
 TIMEOUT_S = 30                 # INFLUENCE_CLI_DIST_TIMEOUT for the launched ranks
 AUDITS = ("score", "mislabel-detect", "target-identify")  # compared with one process
+CURVED = ("score-ekfac", "score-arnoldi")  # the curvature fit split across ranks, compared with one process's fit
+NAN_AT, DYING_AT = len(AUDITS) + len(CURVED), len(AUDITS) + len(CURVED) + 1  # where those commands run
 VOLATILE = {"finished", "seconds", "argv", "tasks"}  # run.json fields that differ between any two runs
 
 
@@ -181,24 +183,30 @@ def two_ranks(tmp_path_factory):
         "    return F.cross_entropy(outputs, targets, reduction='none')\n")
     dying = write_tiny_recipe(root / "dying", "cnn", n_train=N_TRAIN, batch_size=BATCH,
                               loss=f"{root / 'dying_loss.py'}:loss")
+    curved = write_tiny_recipe(root / "curved", "cnn", n_train=N_TRAIN, n_test=5, batch_size=BATCH, dtype="float64",
+                               curvature={"checkpoints": "all", "eigenpairs": 6, "iterations": 12})
+    curved_score = ["score", curved.recipe_path, "--top-k", "4", "--save-matrix", "--quiet", "--method"]
     commands = {"score": ["score", good.recipe_path, "--method", "gas", "--top-k", "4", "--save-matrix", "--quiet"],
                 "mislabel-detect": ["mislabel-detect", good.recipe_path, "--quiet"],
                 "target-identify": ["target-identify", good.recipe_path, "--top-k", "4", "--quiet"],
+                "score-ekfac": [*curved_score, "ekfac"], "score-arnoldi": [*curved_score, "arnoldi"],
                 "nan": ["score", nan.recipe_path, "--quiet"],
                 "dying": ["score", dying.recipe_path, "--quiet"]}
     ranks = _launch(*([*c, "--out", root / "sharded" / name] for name, c in commands.items()),
                     limit=TIMEOUT_S + 90)
     stored = sorted((root / "good" / "grads").rglob("*.safetensors"))
-    for name in AUDITS:
+    for name in AUDITS + CURVED:
         single = CliRunner().invoke(app, [*map(str, commands[name]), "--out", str(root / "single" / name)])
         assert single.exit_code == 0, single.output
     return root, ranks, (stored, sorted((root / "good" / "grads").rglob("*.safetensors")))
 
 
-@pytest.mark.parametrize("command", AUDITS)
+@pytest.mark.parametrize("command", AUDITS + CURVED)
 def test_two_ranks_write_the_single_process_reports(two_ranks, command):
+    """Including ekfac and arnoldi, whose fits (every checkpoint's) each rank computes over its own
+    batches, summed across ranks."""
     root, ranks, _ = two_ranks
-    assert [codes[:len(AUDITS)] for _, codes, _ in ranks] == [[0] * len(AUDITS)] * 2, ranks
+    assert [codes[:NAN_AT] for _, codes, _ in ranks] == [[0] * NAN_AT] * 2, ranks
     _same_reports(root / "single" / command, root / "sharded" / command)
 
 
@@ -211,7 +219,7 @@ def test_each_rank_stores_its_batches_where_one_process_finds_them(two_ranks):
 
 def test_an_error_on_one_rank_stops_every_rank_with_its_message(two_ranks):
     root, ((_, codes0, err0), (_, codes1, err1)), _ = two_ranks
-    assert codes0[3] == codes1[3] == 2
+    assert codes0[NAN_AT] == codes1[NAN_AT] == 2
     assert f"gradient of example {NAN_EXAMPLE}" in err1 and "rank 1 of 2" not in err1
     assert f"rank 1 of 2 failed: data.train: the gradient of example {NAN_EXAMPLE}" in " ".join(err0.split())
     assert not (root / "sharded" / "nan").exists()
@@ -220,8 +228,8 @@ def test_an_error_on_one_rank_stops_every_rank_with_its_message(two_ranks):
 def test_a_dead_rank_ends_the_job_with_a_message_not_a_hang(two_ranks):
     """Rank 1 dies silently; rank 0's next collective fails (well within the launch limit) with a message."""
     _, ((exit0, codes0, err0), (exit1, codes1, _)), _ = two_ranks
-    assert (exit1, len(codes1)) == (7, 4)
-    assert exit0 == 0 and codes0[4] == 3, err0
+    assert (exit1, len(codes1)) == (7, DYING_AT)
+    assert exit0 == 0 and codes0[DYING_AT] == 3, err0
     assert "rank 0 of 2: lost the other ranks while merging the training pass" in " ".join(err0.split())
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fixtures.tiny_models import build_mlp
-from influence_cli.curvature.ekfac import fit_ekfac
+from influence_cli.curvature.ekfac import fit_ekfac, sampled_labels
 from influence_cli.gradients.layers import select_parameters
 from influence_cli.gradients.per_example import PerExampleGradients
 
@@ -24,15 +24,20 @@ F64 = torch.float64
 
 
 class _Classification(Task):
-    """Summed cross-entropy; ``sample=True`` reads the label influence-cli sampled for that example."""
+    """Summed cross-entropy; ``sample=True`` reads the label influence-cli sampled for that example: its
+    first draw during Kronfluence's first sampled pass (covariances), its second draw afterwards
+    (eigenvalue correction), as Kronfluence's own sampling would draw afresh."""
 
-    def __init__(self, sampled: torch.Tensor) -> None:
+    def __init__(self, draws: tuple[torch.Tensor, torch.Tensor]) -> None:
         super().__init__()
-        self.sampled = sampled
+        self.draws, self.seen = draws, 0
 
     def compute_train_loss(self, batch, model: nn.Module, sample: bool = False) -> torch.Tensor:
         x, y, idx = batch
-        return F.cross_entropy(model(x), self.sampled[idx] if sample else y, reduction="sum")
+        if sample:
+            y = self.draws[min(self.seen // len(self.draws[0]), 1)][idx]
+            self.seen += len(idx)
+        return F.cross_entropy(model(x), y, reduction="sum")
 
     def compute_measurement(self, batch, model: nn.Module) -> torch.Tensor:
         return self.compute_train_loss(batch, model)
@@ -52,10 +57,12 @@ def test_ekfac_agrees_with_kronfluence(tmp_path):
     layout = select_parameters(model, None)
     grads = PerExampleGradients(model, layout, _loss)
     weights = {k: v.detach().clone() for k, v in model.named_parameters()}
-    ek = fit_ekfac(model, weights, layout, _loss, lambda: [x[:4], x[4:8], x[8:]], seed=1)
+    ek = fit_ekfac(model, weights, layout, _loss, lambda: [(i, x[i:i + 4]) for i in (0, 4, 8)], seed=1)
     ours = ek.precondition(grads(weights, xt, yt)).g @ grads(weights, x, y).g.T
 
-    task = _Classification(ek.sampled_labels)
+    draws = tuple(torch.cat([sampled_labels(model, weights, x[i:i + 4], 1, draw, i) for i in (0, 4, 8)])
+                  for draw in (0, 1))
+    task = _Classification(draws)  # type: ignore[arg-type]
     analyzer = Analyzer("ekfac", prepare_model(model, task), task, cpu=True, output_dir=str(tmp_path),
                         disable_tqdm=True)
     dtypes = dict(activation_covariance_dtype=F64, gradient_covariance_dtype=F64, per_sample_gradient_dtype=F64,

@@ -55,7 +55,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from influence_cli.engine import train_pass
+from influence_cli.engine import curvature_spec, train_pass
 from influence_cli.errors import ParameterError
 from influence_cli.frames import ToPandas
 from influence_cli.gradients.layers import select_parameters
@@ -79,7 +79,8 @@ AUTO_Z = 3.0
 #: BatchNorm ResNets near random and lowered the average's AP there; see ``benchmarks/matrix.py``).
 COMBINED_SIGNALS = (MislabelMethod.AUM, MislabelMethod.LOSS)
 #: Signals that are positive by construction: their robust z-score is taken on √s.
-POSITIVE_SIGNALS = {MislabelMethod.TRACIN, MislabelMethod.TRACIN_LAST, MislabelMethod.LOSS, MislabelMethod.EKFAC}
+POSITIVE_SIGNALS = {MislabelMethod.TRACIN, MislabelMethod.TRACIN_LAST, MislabelMethod.LOSS, MislabelMethod.EKFAC,
+                    MislabelMethod.ARNOLDI}
 
 
 def signal_z(values: torch.Tensor, positive: bool) -> torch.Tensor:
@@ -159,9 +160,13 @@ def compute_signals(session: Session, methods: set[MislabelMethod], indices: tor
     if MislabelMethod.TRACIN_LAST in methods:
         out[MislabelMethod.TRACIN_LAST] = train_pass(last_layer_session(session), Method.TRACIN, indices=indices,
                                                      progress=progress).self_influence.double()
-    if MislabelMethod.EKFAC in methods:
-        out[MislabelMethod.EKFAC] = train_pass(session, Method.EKFAC, indices=indices,
-                                               progress=progress).self_influence.double()
+    for curved in (MislabelMethod.EKFAC, MislabelMethod.ARNOLDI):  # g(z)ᵀ(G + λI)⁻¹g(z) at the last checkpoint
+        if curved in methods:
+            if curvature_spec(session).renormalize:
+                raise ParameterError("method", f"{curved} self-influence is 1 for every example under the recipe's "
+                                               "`curvature: {renormalize: true}`; remove it to rank labels")
+            out[curved] = train_pass(session, Method(curved.value), indices=indices,
+                                     progress=progress).self_influence.double()
     return {m: out[m] for m in methods}, suggested, prob
 
 

@@ -12,8 +12,9 @@ from influence_cli.methods import DEFAULT_MISLABEL_METHOD, MislabelMethod
 
 MethodOpt = Annotated[MislabelMethod, typer.Option(
     help="tracin: Σ_c η_c‖g_c(z)‖² (all layers); tracin-last: the same on the last layer; aum: −mean margin "
-         "over checkpoints; loss: loss at the last checkpoint; combined: mean robust z of tracin-last, aum, loss; "
-         "ekfac: g(z)ᵀ(G + λI)⁻¹g(z) at the last checkpoint (EK-FAC curvature).",
+         "over checkpoints; loss: loss at the last checkpoint; combined: mean robust z of aum and loss; "
+         "ekfac: g(z)ᵀ(G + λI)⁻¹g(z) at the last checkpoint (EK-FAC curvature); arnoldi: the same over G's top "
+         "eigenpairs.",
     rich_help_panel="Estimator")]
 TopOpt = Annotated[int | None, typer.Option(
     "--top", help="Flag the K most suspicious examples.", show_default=False, rich_help_panel="Flagging")]

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vjp
 
+from influence_cli.curvature.sums import Reduce, Sums, in_process
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, GradientBatch, call_model
 from influence_cli.loading.examples import Inputs
@@ -50,15 +51,26 @@ class Arnoldi:
         u = self.eigenvectors.to(g.dtype)
         return FlatGrads(((g @ u) / self.eigenvalues.to(g.dtype)) @ u.T, self.layout)
 
+    def state(self) -> Sums:
+        """The fit's tensors by name, for :meth:`from_state`."""
+        return {"eigenvalues": self.eigenvalues, "eigenvectors": self.eigenvectors}
+
+    @classmethod
+    def from_state(cls, state: Sums, layout: ParamLayout) -> "Arnoldi":
+        """The fit :meth:`state` described, over ``layout``."""
+        return cls(state["eigenvalues"], state["eigenvectors"], layout)
+
 
 def gauss_newton_product(model: nn.Module, weights: dict[str, torch.Tensor], layout: ParamLayout, loss_fn: LossFn,
-                         batches: LabeledBatches, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """v ↦ G v for flat v [D], G over the ``n`` training examples ``batches()`` yields."""
+                         batches: LabeledBatches, n: int, reduce: Reduce = in_process
+                         ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """v ↦ G v for flat v [D], G over the ``n`` training examples ``batches()`` yields (``reduce``: summed
+    over the processes that share them)."""
     names = layout.names
     selected = {k: weights[k] for k in names}
     rest = {k: v for k, v in weights.items() if k not in selected}
 
-    def product(v: torch.Tensor) -> torch.Tensor:
+    def local(v: torch.Tensor) -> Sums:
         tangent = {k: t.reshape(selected[k].shape).to(selected[k].dtype) for k, t in zip(names, v.split(layout.sizes))}
         total = torch.zeros_like(v)
         for x, y in batches():
@@ -72,7 +84,10 @@ def gauss_newton_product(model: nn.Module, weights: dict[str, torch.Tensor], lay
             hjv = jvp(loss_grad, (out,), (jv,))[1]
             back = vjp(outputs, selected)[1](hjv)[0]
             total += torch.cat([back[k].flatten() for k in names]).to(total.dtype)
-        return total / n
+        return {"Gv": total}
+
+    def product(v: torch.Tensor) -> torch.Tensor:
+        return reduce(lambda: local(v))["Gv"] / n
     return product
 
 
@@ -100,12 +115,14 @@ def arnoldi(product: Callable[[torch.Tensor], torch.Tensor], start: torch.Tensor
 
 
 def fit_arnoldi(model: nn.Module, weights: dict[str, torch.Tensor], layout: ParamLayout, loss_fn: LossFn,
-                batches: LabeledBatches, n: int, *, eigenpairs: int, iterations: int, seed: int = 0) -> Arnoldi:
+                batches: LabeledBatches, n: int, *, eigenpairs: int, iterations: int, seed: int = 0,
+                reduce: Reduce = in_process) -> Arnoldi:
     """Top ``eigenpairs`` eigenpairs of G at ``weights`` from ``iterations`` Arnoldi steps, the start
-    vector drawn with ``seed``; the iteration runs in at least float32."""
+    vector drawn with ``seed``; the iteration runs in at least float32. ``reduce`` sums each product
+    over the processes that share the training set (``torchrun``; every process then iterates alike)."""
     ref = weights[layout.names[0]]
     start = torch.randn(layout.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    product = gauss_newton_product(model, weights, layout, loss_fn, batches, n)
+    product = gauss_newton_product(model, weights, layout, loss_fn, batches, n, reduce)
     dtype = torch.promote_types(ref.dtype, torch.float32)
     values, vectors = arnoldi(product, start.to(ref.device, dtype), iterations, eigenpairs)
     return Arnoldi(values, vectors, layout)

@@ -11,8 +11,11 @@ e = ∂ℓ/∂(pre-activation)):
 1. Kronecker factors (first pass over the training set): A = E[Σ_t ã_t ã_tᵀ], S = E[Σ_t e_t e_tᵀ], e at
    labels ŷ *sampled* from the model's predictive distribution (softmax of the logits), as
    Kronfluence does, so that E_ŷ[g gᵀ] is the Gauss-Newton matrix and not the empirical Fisher.
-2. Eigenbases A = Q_A Λ_A Q_Aᵀ, S = Q_S Λ_S Q_Sᵀ, and the eigenvalue correction (second pass, the
-   same sampled labels) Λ* = E_i[(Q_Sᵀ G_i Q_A)²] ∈ ℝ^{q×p}: the curvature block is
+   Each batch's draw is seeded by (``curvature.seed``, pass, the batch's first training index), so
+   the fit is the same in one process and split over ``torchrun`` ranks (each pass's sums are added
+   across ranks).
+2. Eigenbases A = Q_A Λ_A Q_Aᵀ, S = Q_S Λ_S Q_Sᵀ, and the eigenvalue correction (second pass, labels
+   drawn afresh, as Kronfluence does) Λ* = E_i[(Q_Sᵀ G_i Q_A)²] ∈ ℝ^{q×p}: the curvature block is
    (Q_S ⊗ Q_A) diag(Λ*) (Q_S ⊗ Q_A)ᵀ, exact whenever the layer's per-example curvature is a
    Kronecker product (e.g. a single Linear layer fed one input).
 3. Preconditioned gradient P G = Q_S [(Q_Sᵀ G Q_A) / (Λ* + λ)] Q_Aᵀ.
@@ -28,12 +31,14 @@ gradients); memory p² + q² + pq per factored layer; preconditioning a gradient
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from influence_cli.curvature.sums import Reduce, Sums, add, in_process
 from influence_cli.errors import GradientError
 from influence_cli.gradients.factorized import FactorizedGradients
 from influence_cli.gradients.factors import Factors
@@ -45,7 +50,9 @@ from influence_cli.losses import LossFn
 #: λ = DAMPING_FRACTION × mean eigenvalue of the block when the recipe sets no damping.
 DAMPING_FRACTION = 0.1
 
-Batches = Callable[[], Iterable[Inputs]]
+#: Training batches as (the first training index of the batch, its inputs); the index seeds the batch's
+#: sampled labels, so a batch draws the same labels in one process or on any ``torchrun`` rank.
+Batches = Callable[[], Iterable[tuple[int, Inputs]]]
 
 
 @dataclass
@@ -94,17 +101,43 @@ class DiagonalBlock:
 
 @dataclass
 class EKFAC:
-    """The fitted preconditioner P ≈ (G + λI)⁻¹ over a layout, and the labels it was fitted with."""
+    """The fitted preconditioner P ≈ (G + λI)⁻¹ over a layout."""
 
     blocks: list[KroneckerBlock | DiagonalBlock]
     layout: ParamLayout
-    sampled_labels: torch.Tensor  # [N] ŷ drawn for the training examples, in pass order
 
     def precondition(self, grads: GradientBatch) -> FlatGrads:
         """P g for every example of the batch: [B, D]."""
         g = grads.g  # type: ignore[attr-defined]
         return FlatGrads(torch.cat([b.precondition(g[:, slice(*b.columns)]) for b in self.blocks], dim=1),
                          self.layout)
+
+    def state(self) -> Sums:
+        """Every tensor of the fit by name (``l.qa``, ``l.qs``, ``l.bias`` for Kronecker blocks; ``l.eigenvalues``,
+        ``l.damping`` for all), for :meth:`from_state`."""
+        out: Sums = {}
+        for l, b in enumerate(self.blocks):
+            out[f"{l}.eigenvalues"], out[f"{l}.damping"] = b.eigenvalues, torch.tensor(b.damping, dtype=torch.float64)
+            if isinstance(b, KroneckerBlock):
+                out[f"{l}.qa"], out[f"{l}.qs"], out[f"{l}.bias"] = b.qa, b.qs, torch.tensor(b.bias)
+        return out
+
+    @classmethod
+    def from_state(cls, state: Sums, layout: ParamLayout) -> "EKFAC":
+        """The fit :meth:`state` described, over ``layout``."""
+        blocks: list[KroneckerBlock | DiagonalBlock] = []
+        for l, cols in enumerate(layout.slices):
+            lam, damping = state[f"{l}.eigenvalues"], float(state[f"{l}.damping"])
+            blocks.append(KroneckerBlock(cols, bool(state[f"{l}.bias"]), state[f"{l}.qa"], state[f"{l}.qs"], lam,
+                                         damping) if f"{l}.qa" in state else DiagonalBlock(cols, lam, damping))
+        return cls(blocks, layout)
+
+
+def label_generator(seed: int, draw: int, start: int) -> torch.Generator:
+    """The generator of draw ``draw`` (0: factors, 1: eigenvalue correction) for the batch starting at
+    training index ``start``: seeded by a hash of the three."""
+    digest = hashlib.sha256(f"ekfac labels {seed} {draw} {start}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
 
 def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -113,31 +146,46 @@ def sample_labels(logits: torch.Tensor, generator: torch.Generator) -> torch.Ten
     return torch.multinomial(probs, 1, generator=generator).squeeze(1).to(logits.device)
 
 
+def sampled_labels(model: nn.Module, weights: dict[str, torch.Tensor], x: Inputs, seed: int, draw: int,
+                   start: int) -> torch.Tensor:
+    """The labels draw ``draw`` samples for the batch ``x`` starting at training index ``start``
+    (one no-grad forward at ``weights``)."""
+    with torch.no_grad():
+        return sample_labels(call_model(model, weights, x), label_generator(seed, draw, start))
+
+
 def _kronecker_inputs(f: Factors) -> tuple[torch.Tensor, torch.Tensor]:
     """(ã [B, T, p], e [B, T, q]) of a factor block, the bias column appended."""
     a = torch.cat([f.a, torch.ones_like(f.a[..., :1])], dim=2) if f.bias else f.a
     return a, f.e
 
 
-def _factors(computer: FactorizedGradients, weights: dict[str, torch.Tensor], batches: Batches, seed: int
-             ) -> tuple[dict[int, tuple[torch.Tensor, torch.Tensor, bool]], list[torch.Tensor]]:
-    """First pass: (Σ ã ãᵀ, Σ e eᵀ, bias selected) per Linear/Conv2d layer whose weight is selected
-    (unnormalised: only their eigenvectors are used), and the sampled labels of each batch."""
-    gen = torch.Generator().manual_seed(seed)
-    sums: dict[int, tuple[torch.Tensor, torch.Tensor, bool]] = {}
-    labels = []
-    for x in batches():
-        with torch.no_grad():
-            y = sample_labels(call_model(computer.model, weights, x), gen)
+def _factor_sums(computer: FactorizedGradients, weights: dict[str, torch.Tensor], batches: Batches,
+                 seed: int) -> Sums:
+    """First pass: ``l.a`` = Σ ã ãᵀ and ``l.s`` = Σ e eᵀ per Linear/Conv2d layer whose weight is selected
+    (unnormalised: only their eigenvectors are used), at draw 0 of the sampled labels."""
+    sums: Sums = {}
+    for start, x in batches():
+        y = sampled_labels(computer.model, weights, x, seed, 0, start)
         for l, block in enumerate(computer(weights, x, y).blocks):
             if isinstance(block, Factors) and block.a.shape[2]:
                 a, e = (t.flatten(0, 1) for t in _kronecker_inputs(block))
-                a_sum, s_sum, _ = sums.get(l, (0, 0, block.bias))
-                sums[l] = (a_sum + a.T @ a, s_sum + e.T @ e, block.bias)
-        labels.append(y)
-    if not all(bool(torch.isfinite(a).all() and torch.isfinite(s).all()) for a, s, _ in sums.values()):
-        raise GradientError("ekfac: the curvature factors are not finite (NaN or inf activations or losses)")
-    return sums, labels
+                add(sums, f"{l}.a", a.T @ a)
+                add(sums, f"{l}.s", e.T @ e)
+    return sums
+
+
+def _correction_sums(blocks: list[KroneckerBlock | DiagonalBlock], computer: FactorizedGradients,
+                     weights: dict[str, torch.Tensor], batches: Batches, seed: int) -> Sums:
+    """Second pass: ``l`` = Σ_i (Q_Sᵀ G_i Q_A)² (or Σ_i g_i² for a diagonal block) at draw 1 of the
+    sampled labels, and ``n``, the examples counted."""
+    sums: Sums = {"n": torch.zeros((), dtype=torch.float64)}
+    for start, x in batches():
+        y = sampled_labels(computer.model, weights, x, seed, 1, start)
+        for l, (b, g) in enumerate(zip(blocks, computer(weights, x, y).blocks)):
+            add(sums, str(l), _squares(b, g))
+        sums["n"] = sums["n"] + len(y)
+    return sums
 
 
 def _squares(block: KroneckerBlock | DiagonalBlock, g: Factors | torch.Tensor) -> torch.Tensor:
@@ -159,27 +207,28 @@ def _damped(block: KroneckerBlock | DiagonalBlock, damping: float | None) -> Kro
 
 
 def fit_ekfac(model: nn.Module, weights: dict[str, torch.Tensor], layout: ParamLayout, loss_fn: LossFn,
-              batches: Batches, *, damping: float | None = None, seed: int = 0) -> EKFAC:
-    """Fit EK-FAC at ``weights`` over the training inputs ``batches()`` yields (called twice, same order;
-    one extra forward per batch draws the labels):
-    factors A, S and their eigenbases, then Λ* from the per-example gradients (factorised hooks, see
-    :mod:`~influence_cli.gradients.factorized`) at the labels sampled with ``seed``."""
+              batches: Batches, *, damping: float | None = None, seed: int = 0, reduce: Reduce = in_process) -> EKFAC:
+    """Fit EK-FAC at ``weights`` over the training batches ``batches()`` yields (called twice; one extra
+    forward per batch draws its labels): factors A, S and their eigenbases, then Λ* from the per-example
+    gradients (factorised hooks, see :mod:`~influence_cli.gradients.factorized`) at labels drawn afresh
+    (:func:`sampled_labels`, draws 0 and 1, seeded by ``seed`` and each batch's first index). ``reduce``
+    sums each pass over the processes that share the training set (``torchrun``)."""
     computer = FactorizedGradients(model, layout, loss_fn)
     computer.keep_factors = True
-    sums, labels = _factors(computer, weights, batches, seed)
+    bias = {f.index: f.bias for f in computer.factor_layers}
+    sums = reduce(lambda: _factor_sums(computer, weights, batches, seed))
+    if not all(bool(torch.isfinite(t).all()) for t in sums.values()):
+        raise GradientError("ekfac: the curvature factors are not finite (NaN or inf activations or losses)")
     blocks: list[KroneckerBlock | DiagonalBlock] = []
     for l, cols in enumerate(layout.slices):
-        if l in sums:
-            a_sum, s_sum, bias = sums[l]
-            qa, qs = (torch.linalg.eigh(m.double()).eigenvectors.to(m.dtype) for m in (a_sum, s_sum))
-            blocks.append(KroneckerBlock(cols, bias, qa, qs, qa.new_zeros(qs.shape[0], qa.shape[0])))
+        if f"{l}.a" in sums:
+            qa, qs = (torch.linalg.eigh(m.double()).eigenvectors.to(m.dtype) for m in (sums[f"{l}.a"], sums[f"{l}.s"]))
+            blocks.append(KroneckerBlock(cols, bias[l], qa, qs, qa.new_zeros(qs.shape[0], qa.shape[0])))
         else:
             blocks.append(DiagonalBlock(cols, torch.zeros(cols[1] - cols[0])))  # dtype, device: from the gradients
-    for x, y in zip(batches(), labels):
-        for b, g in zip(blocks, computer(weights, x, y).blocks):
-            sq = _squares(b, g)
-            b.eigenvalues = b.eigenvalues.to(sq) + sq
-    n = sum(len(y) for y in labels)
-    for b in blocks:
-        b.eigenvalues = b.eigenvalues / max(n, 1)
-    return EKFAC([_damped(b, damping) for b in blocks], layout, torch.cat(labels) if labels else torch.zeros(0))
+    corrections = reduce(lambda: _correction_sums(blocks, computer, weights, batches, seed))
+    n = max(float(corrections["n"]), 1.0)
+    for l, b in enumerate(blocks):
+        if str(l) in corrections:
+            b.eigenvalues = corrections[str(l)] / n
+    return EKFAC([_damped(b, damping) for b in blocks], layout)

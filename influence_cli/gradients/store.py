@@ -11,6 +11,9 @@ Layout::
   projection (dim and seed), dtype and the store format version. ``manifest.json`` records it.
 - Each **checkpoint** has its own folder named by its content hash (``session.checkpoints[c].sha256``),
   so a changed checkpoint invalidates only its own shards.
+- A **curvature fit** (``ekfac``/``arnoldi``) at a checkpoint is ``<checkpoint sha256>/curvature-<hash>.safetensors``,
+  the hash over the method and its settings (``curvature:``, batch size, layers); it verifies itself
+  like a shard.
 - A **shard** is one training batch's unweighted gradients g_c(z) at one checkpoint (projected
   [B, Σ_l k_l] rows, or per-layer factors a, e and dense blocks), named by a hash of the batch's
   training indices. It is written to a ``.part`` file and renamed, so a killed run leaves only
@@ -169,23 +172,20 @@ class GradientStore:
             return "checksum mismatch: damaged, edited, or copied from another shard"
         return tensors, metadata
 
-    def load(self, checkpoint_sha256: str, indices: torch.Tensor, device: torch.device) -> GradientBatch | None:
-        """The stored gradients, or ``None`` when this shard has not been computed yet or fails its
-        checksum (then with a warning naming it; the caller recomputes and saves it again)."""
-        path = self.shard(checkpoint_sha256, indices)
+    def _read(self, path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]] | None:
+        """A verified file's (tensors, metadata), or ``None`` when it is missing or fails its checksum
+        (then with a warning naming it: the caller recomputes and saves it again)."""
         found = self._verified(path) if path.exists() else None
         if isinstance(found, str):
-            warnings.warn(f"{path}: damaged gradient shard ({found}); recomputing and replacing it", stacklevel=2)
+            warnings.warn(f"{path}: damaged {what} ({found}); recomputing and replacing it", stacklevel=3)
         if not isinstance(found, tuple):
             self.misses += 1
             return None
         self.hits += 1
-        return decode(*found, device)
+        return found
 
-    def save(self, checkpoint_sha256: str, indices: torch.Tensor, grads: GradientBatch) -> Path:
-        """Write one shard with its checksum, atomically (``.part`` + rename)."""
-        path = self.shard(checkpoint_sha256, indices)
-        tensors, metadata = encode(grads)
+    def _write(self, path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], what: str) -> Path:
+        """Write one file with its checksum, atomically (``.part`` + rename)."""
         metadata["sha256"] = _checksum(self._where(path), tensors, metadata["meta"])
         tmp = path.with_name(f"{path.name}.{os.getpid()}.part")
         try:
@@ -193,6 +193,33 @@ class GradientStore:
             save_file(tensors, str(tmp), metadata=metadata)
             os.replace(tmp, path)
         except OSError as exc:
-            raise GradientError(f"{path}: cannot write the gradient shard ({exc.strerror or exc}); check "
+            raise GradientError(f"{path}: cannot write the {what} ({exc.strerror or exc}); check "
                                 "cache_dir or run with --no-cache") from None
         return path
+
+    def load(self, checkpoint_sha256: str, indices: torch.Tensor, device: torch.device) -> GradientBatch | None:
+        """The stored gradients, or ``None`` when this shard has not been computed yet or fails its
+        checksum (then with a warning naming it; the caller recomputes and saves it again)."""
+        found = self._read(self.shard(checkpoint_sha256, indices), "gradient shard")
+        return None if found is None else decode(*found, device)
+
+    def save(self, checkpoint_sha256: str, indices: torch.Tensor, grads: GradientBatch) -> Path:
+        """Write one shard with its checksum, atomically (``.part`` + rename)."""
+        tensors, metadata = encode(grads)
+        return self._write(self.shard(checkpoint_sha256, indices), tensors, metadata, "gradient shard")
+
+    def fit(self, checkpoint_sha256: str, name: str) -> Path:
+        """Where a curvature fit at that checkpoint lives; ``name`` describes it completely (method, settings)."""
+        return self.dir / checkpoint_sha256 / f"curvature-{_digest(name)}.safetensors"
+
+    def load_fit(self, checkpoint_sha256: str, name: str, device: torch.device) -> dict[str, torch.Tensor] | None:
+        """A stored curvature fit's tensors on ``device``, or ``None`` (missing, or damaged: warned)."""
+        found = self._read(self.fit(checkpoint_sha256, name), "curvature fit")
+        if found is None or found[1]["meta"] != name:  # (a hash collision of two settings: refit)
+            return None
+        return {k: v.to(device) for k, v in found[0].items()}
+
+    def save_fit(self, checkpoint_sha256: str, name: str, tensors: dict[str, torch.Tensor]) -> Path:
+        """Write a curvature fit (its tensors and ``name``) with its checksum, atomically."""
+        own = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+        return self._write(self.fit(checkpoint_sha256, name), own, {"meta": name}, "curvature fit")

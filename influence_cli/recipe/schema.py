@@ -230,6 +230,12 @@ class CurvatureSpec(Section):
     eigenpairs: PositiveInt = Field(20, description="arnoldi: p, the top eigenpairs of the Gauss-Newton matrix kept")
     iterations: PositiveInt | None = Field(None, description="arnoldi: Arnoldi steps (one training pass each); "
                                                              "null = 2 × eigenpairs")
+    checkpoints: Literal["last", "all"] = Field(
+        "last", description="last: the final checkpoint's influence; all: Σ_c η_c g′_cᵀ(G_c + λI)⁻¹g_c, one fit "
+                            "per checkpoint (η_c as TracIn's)")
+    renormalize: bool = Field(
+        False, description="GAS-style: each checkpoint's term as a cosine in the curvature's metric, "
+                           "g′ᵀPg / √(g′ᵀPg′ · gᵀPg) (score, target-identify; not mislabel-detect)")
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")

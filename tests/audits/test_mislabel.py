@@ -121,7 +121,7 @@ def test_result_layout_and_order(tiny_recipe):
 
 def test_errors(tiny_recipe):
     run = tiny_recipe("mlp", n_train=6)
-    with pytest.raises(InfluenceError, match="method: unknown choice 'bogus' \\(choose from tracin, tracin-last, aum, loss, combined, ekfac\\)"):
+    with pytest.raises(InfluenceError, match="method: unknown choice 'bogus' \\(choose from tracin, tracin-last, aum, loss, combined, ekfac, arnoldi\\)"):
         mislabel_detect(load_recipe(run.recipe_path), method="bogus")
     run.rewrite(loss="mse")
     for split in ("train", "test"):  # regression targets, one per model output
