@@ -9,7 +9,9 @@ example i.
 
 Ground truth: S random subsets S_1..S_S of ⌊α·N⌋ training examples (seeded), each retrained with the
 same initialisation, batch-order seed and schedule; L_i(S_s) = test loss of test example i under the
-model trained on S_s. Predicted effect and score:
+model trained on S_s. The retraining, the plain methods and the baselines run through the library's
+:func:`influence_cli.audits.lds.evaluate` (what ``influence-cli evaluate`` runs on a user's recipe); the
+curvature seeds, the sign check and Kronfluence are this script's. Predicted effect and score:
 
     g_i(S) = Σ_{j∈S} τ_ij
     LDS_i  = Spearman_s( g_i(S_s), −L_i(S_s) ),     LDS = (1/M) Σ_i LDS_i
@@ -47,51 +49,20 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from influence_cli import Session, load_recipe, score
+from influence_cli import Session, load_recipe
+from influence_cli.audits.lds import BASELINES, evaluate, lds, method_scores
 from influence_cli.demo import build_digits_mlp, make_digits_run
 from influence_cli.demo.training import TrainSchedule, train_model
 from influence_cli.recipe import CurvatureSpec
 
 METHODS = ("tracin", "gas", "gas-l", "ekfac", "arnoldi")
+CURVED = ("ekfac", "arnoldi")
 
 
 def test_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-example cross-entropy [M] of ``model`` (eval mode) on (x, y)."""
     with torch.no_grad():
         return nn.functional.cross_entropy(model.eval()(x), y, reduction="none")
-
-
-def subset_losses(train_x: torch.Tensor, labels: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, *,
-                  subsets: int, fraction: float, seed: int, schedule: TrainSchedule) -> tuple[torch.Tensor, torch.Tensor]:
-    """(masks [S, N] bool, losses [S, M]): each subset retrained from the same init (``seed``)."""
-    n = len(labels)
-    gen = torch.Generator().manual_seed(1000 + seed)
-    masks = torch.zeros(subsets, n, dtype=torch.bool)
-    losses = torch.empty(subsets, len(test_y))
-    for s in range(subsets):
-        idx = torch.randperm(n, generator=gen)[: int(fraction * n)].sort().values
-        masks[s, idx] = True
-        model = train_model("mlp", train_x[idx], labels[idx], seed=seed, schedule=schedule)
-        losses[s] = test_losses(model, test_x, test_y)
-    return masks, losses
-
-
-def ranks(v: torch.Tensor) -> torch.Tensor:
-    """Ranks along the last dimension (ties broken by order; the values here are continuous)."""
-    return v.argsort(dim=-1).argsort(dim=-1).to(torch.float64)
-
-
-def spearman_rows(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman correlation of each row of a [M, S] with the same row of b [M, S]."""
-    ra, rb = ranks(a), ranks(b)
-    ra, rb = ra - ra.mean(-1, keepdim=True), rb - rb.mean(-1, keepdim=True)
-    return (ra * rb).sum(-1) / (ra.norm(dim=-1) * rb.norm(dim=-1)).clamp_min(1e-12)
-
-
-def lds(tau: torch.Tensor, masks: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-    """LDS_i [M]: Spearman over subsets of g_i(S) = Σ_{j∈S} τ_ij against −L_i(S)."""
-    predicted = tau.to(torch.float64) @ masks.to(torch.float64).T       # [M, S]
-    return spearman_rows(predicted, -losses.T.to(torch.float64))
 
 
 def sign_check(tau: torch.Tensor, ckpt: Path, train_x: torch.Tensor, labels: torch.Tensor,
@@ -178,45 +149,56 @@ def main() -> None:
         t0 = time.perf_counter()
         recipe_path, data = make_digits_run(Path(tmp), seed=args.seed, arch="mlp", noise="pairs",
                                             noise_rate=args.noise_rate, schedule=schedule)
+        full_run_s = time.perf_counter() - t0
         m = min(args.test, len(data.test_y))
         test_x, test_y = data.test_x[:m], data.test_y[:m]
-        masks, losses = subset_losses(data.train_x, data.labels, test_x, test_y, subsets=args.subsets,
-                                      fraction=args.fraction, seed=args.seed, schedule=schedule)
-        retrain_s = time.perf_counter() - t0
-        print(f"full run + {args.subsets} retrained subsets: {retrain_s:.1f} s; mean test loss over subsets "
-              f"{losses.mean():.3f} (std over subsets, mean over test examples {losses.std(0).mean():.3f})")
         recipe = load_recipe(recipe_path)
         session = Session.from_recipe(recipe, need_test=True)
-        ckpts = sorted((Path(tmp) / "checkpoints").glob("epoch*.pt"), key=lambda p: int(p.stem[5:]))
-        last_ckpt = ckpts[-1]
+
+        def train(indices: torch.Tensor, seed: int) -> nn.Module:
+            """The full run's training (same initialisation, batch-order seed and schedule) on a subset."""
+            return train_model("mlp", data.train_x[indices], data.labels[indices], seed=seed, schedule=schedule)
+
+        # The library measures the plain methods and the baselines; ekfac/arnoldi with their curvature
+        # seeds are scored here against the same retrained subsets.
+        plain = [mt for mt in args.methods if mt not in CURVED]
+        result = evaluate(session, train, methods=[*plain, *BASELINES], subsets=args.subsets, fraction=args.fraction,
+                          test_indices=range(m), seed=args.seed, keep_scores=True)
+        masks, losses = result.masks, result.losses
+        retrain_s = full_run_s + result.retrain_seconds
+        print(f"full run + {args.subsets} retrained subsets: {retrain_s:.1f} s; mean test loss over subsets "
+              f"{losses.mean():.3f} (std over subsets, mean over test examples {losses.std(0).mean():.3f})")
         taus: dict[str, tuple[torch.Tensor, float]] = {}
         for method in args.methods:
-            curved = method in ("ekfac", "arnoldi")
-            for seed in args.curvature_seeds if curved else [None]:
-                name = method if seed is None or len(args.curvature_seeds) == 1 else f"{method}, seed {seed}"
+            if method not in CURVED:
+                row = result.methods[method]
+                if row.skipped is not None:
+                    rows[method] = {"error": row.skipped}
+                    print(f"{method}: skipped ({row.skipped})")
+                else:
+                    taus[method] = (result.scores[method], row.seconds)
+                continue
+            for seed in args.curvature_seeds:
+                name = method if len(args.curvature_seeds) == 1 else f"{method}, seed {seed}"
                 t = time.perf_counter()
                 try:
-                    run = session if seed is None else Session.from_recipe(recipe.model_copy(
-                        update={"curvature": CurvatureSpec(seed=seed)}), need_test=True)
-                    result = score(run, method=method, test_indices=range(m), k=1, keep_matrix=True)
+                    run = Session.from_recipe(recipe.model_copy(update={"curvature": CurvatureSpec(seed=seed)}),
+                                              need_test=True)
+                    tau = method_scores(run, method, result.test_indices, args.seed)
                 except Exception as err:  # noqa: BLE001 (a method that fails is reported and skipped)
                     rows[name] = {"error": f"{type(err).__name__}: {err}"}
                     print(f"{name}: skipped ({rows[name]['error']})")
                     continue
-                taus[name] = (result.matrix.detach().cpu(), time.perf_counter() - t)
+                taus[name] = (tau, time.perf_counter() - t)
             seeded = [taus[f"{method}, seed {s}"] for s in args.curvature_seeds if f"{method}, seed {s}" in taus]
-            if curved and len(seeded) > 1:  # τ averaged over the curvature seeds (an ensemble)
+            if len(seeded) > 1:  # τ averaged over the curvature seeds (an ensemble)
                 taus[f"{method}, mean τ of {len(seeded)} seeds"] = (torch.stack([t for t, _ in seeded]).mean(0),
                                                                   sum(sec for _, sec in seeded))
-        t = time.perf_counter()
-        final = build_digits_mlp()
-        final.load_state_dict(torch.load(last_ckpt, weights_only=True)["model_state_dict"])
-        train_loss = test_losses(final, data.train_x, data.labels)
-        taus["loss (baseline)"] = (-train_loss.expand(m, -1), time.perf_counter() - t)
-        gen = torch.Generator().manual_seed(args.seed)
-        taus["random (baseline)"] = (torch.randn(m, len(data.labels), generator=gen), 0.0)
+        for baseline in BASELINES:
+            taus[f"{baseline} (baseline)"] = (result.scores[baseline], result.methods[baseline].seconds)
+        ckpts = sorted((Path(tmp) / "checkpoints").glob("epoch*.pt"), key=lambda p: int(p.stem[5:]))
         if args.kronfluence:
-            taus.update(kronfluence_scores(last_ckpt, data.train_x, data.labels, test_x, test_y, Path(tmp) / "kf"))
+            taus.update(kronfluence_scores(ckpts[-1], data.train_x, data.labels, test_x, test_y, Path(tmp) / "kf"))
         if "tracin" in taus:
             falls, rises = sign_check(taus["tracin"][0], ckpts[0], data.train_x, data.labels, test_x, test_y)
             print(f"sign check (TracIn, one SGD step at the first checkpoint): loss falls after the top "

@@ -24,6 +24,7 @@ from influence_cli.version import __version__
 #: public name → the module that defines it
 _API = {
     "check": "influence_cli.audits.check", "CheckResult": "influence_cli.audits.check",
+    "evaluate": "influence_cli.audits.lds", "LDSResult": "influence_cli.audits.lds",
     "mislabel_detect": "influence_cli.audits.mislabel", "MislabelResult": "influence_cli.audits.mislabel",
     "target_identify": "influence_cli.audits.target", "TargetResult": "influence_cli.audits.target",
     "score": "influence_cli.scoring", "InfluenceResult": "influence_cli.scoring",
@@ -35,12 +36,13 @@ _API = {
     "write_reports": "influence_cli.reports.writer",
 }
 
-__all__ = ["CheckResult", "InfluenceError", "InfluenceResult", "Method", "MislabelMethod", "MislabelResult",
-           "NotebookProgress", "Progress", "Recipe", "Session", "TargetResult", "TestLabels", "check", "load_recipe",
-           "mislabel_detect", "score", "target_identify", "write_reports", "__version__"]
+__all__ = ["CheckResult", "InfluenceError", "InfluenceResult", "LDSResult", "Method", "MislabelMethod",
+           "MislabelResult", "NotebookProgress", "Progress", "Recipe", "Session", "TargetResult", "TestLabels", "check",
+           "evaluate", "load_recipe", "mislabel_detect", "score", "target_identify", "write_reports", "__version__"]
 
 if TYPE_CHECKING:
     from influence_cli.audits.check import CheckResult, check
+    from influence_cli.audits.lds import LDSResult, evaluate
     from influence_cli.audits.mislabel import MislabelResult, mislabel_detect
     from influence_cli.audits.target import TargetResult, target_identify
     from influence_cli.errors import InfluenceError

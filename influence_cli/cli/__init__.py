@@ -6,6 +6,7 @@ import typer
 
 from influence_cli.cli.check import check_command
 from influence_cli.cli.demo import demo_command
+from influence_cli.cli.evaluate import evaluate_command
 from influence_cli.cli.mislabel import mislabel_command
 from influence_cli.cli.plan import plan_command
 from influence_cli.cli.report import report_command
@@ -19,11 +20,12 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,
 )
-# In the order a new user meets them: try it, estimate the cost, explain, audit labels, audit attacks,
-# gate CI, read.
+# In the order a new user meets them: try it, estimate the cost, explain, measure the explanations,
+# audit labels, audit attacks, gate CI, read.
 app.command("demo")(demo_command)
 app.command("plan")(plan_command)
 app.command("score")(score_command)
+app.command("evaluate")(evaluate_command)
 app.command("mislabel-detect")(mislabel_command)
 app.command("target-identify")(target_command)
 app.command("check")(check_command)

@@ -19,6 +19,7 @@ is an error for every command (and for ``report``), never silently replaced.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import subprocess
@@ -111,7 +112,9 @@ RESULT_KEYS = ("model", "checkpoints", "data", "loss", "layers", "projection", "
 #: every file a command may write into its output folder
 REPORT_FILES = ("influence.json", "influence.csv", "scores.safetensors", "mislabels.json", "mislabels.csv",
                 "targets.json", "targets.csv", "suspects.txt", "check.json", "check.md", "summary.md", RUN_FILE,
-                "report.html", "ground_truth.json")
+                "report.html", "ground_truth.json", "lds.json", "lds.md")
+#: Folders of our files (``evaluate``'s per-subset losses): removed with the reports, only their ``*.json``.
+REPORT_FOLDERS = ("lds-subsets",)
 
 
 def fingerprint(recipe: Recipe) -> dict[str, Any]:
@@ -158,6 +161,12 @@ def clear_reports(out: Path) -> None:
     """Remove every report file (:data:`REPORT_FILES`) from ``out``: another run's results, replaced."""
     for name in REPORT_FILES:
         (out / name).unlink(missing_ok=True)
+    for name in REPORT_FOLDERS:
+        if (out / name).is_dir():
+            for f in (out / name).glob("*.json"):
+                f.unlink()
+            with contextlib.suppress(OSError):  # not empty: something of the user's is kept
+                (out / name).rmdir()
 
 
 def _sha256(text: str) -> str:
