@@ -276,3 +276,27 @@ def test_a_fit_is_stored_and_read_back_and_a_damaged_one_is_refitted(tiny_recipe
     other = load_recipe(run.recipe_path).model_copy(update={"curvature": CurvatureSpec(eigenpairs=3, seed=1)})
     score(other, method=method, k=2)
     assert len(list((run.recipe_path.parent / "grads").rglob("curvature-*.safetensors"))) == 2
+
+
+def test_gpt2_conv1d_layers_are_kronecker_factored_like_their_linear_twins():
+    """transformers' Conv1D (weight [in, out]) gets a Kronecker block, not the diagonal fallback; a model
+    of Conv1D layers scores exactly like the same model built from nn.Linear with the transposed weights."""
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(4)
+    conv = nn.Sequential(Conv1D(5, 6), nn.Tanh(), Conv1D(3, 5)).double()
+    linear = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+    with torch.no_grad():
+        for c, lin in ((conv[0], linear[0]), (conv[2], linear[2])):
+            lin.weight.copy_(c.weight.T)
+            lin.bias.copy_(c.bias)
+    x, xt = _inputs(10, 6, gen), _inputs(3, 6, gen)
+    y, yt = torch.randint(0, 3, (10,), generator=gen), torch.randint(0, 3, (3,), generator=gen)
+    scores = []
+    for model in (conv, linear):
+        ek, grads, _ = _fit(model, x)
+        assert [type(b).__name__ for b in ek.blocks] == ["KroneckerBlock", "KroneckerBlock"]
+        weights = {k: v.detach() for k, v in model.named_parameters()}
+        scores.append(ek.precondition(grads(weights, xt, yt)).g @ grads(weights, x, y).g.T)
+    torch.testing.assert_close(scores[0], scores[1], rtol=1e-10, atol=1e-10)

@@ -2,8 +2,9 @@
 
     I(z, z′) = g(z′)ᵀ (G + λI)⁻¹ g(z)        (one checkpoint, by default the final one).
 
-Per ``nn.Linear`` or ``nn.Conv2d`` layer (those :mod:`~influence_cli.gradients.factorized` reads from
-hooks, including the Linear layers of transformers models) with per-example gradient
+Per ``nn.Linear``, ``nn.Conv2d`` or transformers ``Conv1D`` layer (those
+:mod:`~influence_cli.gradients.factorized` reads from hooks: the linear layers of BERT- and GPT-2-style
+models too; Conv1D stores its weight as [in, out], so its flat gradient is read as Gᵀ) with per-example gradient
 G_i = Σ_t e_t ã_tᵀ ∈ ℝ^{q×p} (positions t: sequence positions, or a convolution's output positions
 with ã_t the unfolded input patch; ã = [a; 1] with the bias column when the bias is selected,
 e = ∂ℓ/∂(pre-activation)):
@@ -57,7 +58,8 @@ Batches = Callable[[], Iterable[tuple[int, Inputs]]]
 
 @dataclass
 class KroneckerBlock:
-    """One Linear/Conv2d layer's eigenbases Q_A [p, p], Q_S [q, q], corrected eigenvalues Λ* [q, p] and λ."""
+    """One Linear/Conv2d/Conv1D layer's eigenbases Q_A [p, p], Q_S [q, q], corrected eigenvalues Λ* [q, p]
+    and λ; ``transposed``: the weight is stored [in, out] (Conv1D)."""
 
     columns: tuple[int, int]
     bias: bool
@@ -65,16 +67,20 @@ class KroneckerBlock:
     qs: torch.Tensor
     eigenvalues: torch.Tensor
     damping: float = 0.0
+    transposed: bool = False
 
     def to_matrices(self, g: torch.Tensor) -> torch.Tensor:
         """Flat layer gradients [B, D_l] (weight row-major, then bias) as G = [W | b]: [B, q, p]."""
         q, p = self.qs.shape[0], self.qa.shape[0]
-        w = g[:, :q * (p - self.bias)].reshape(len(g), q, p - self.bias)
-        return torch.cat([w, g[:, q * (p - 1):, None]], dim=2) if self.bias else w
+        d = p - self.bias
+        flat_w = g[:, :q * d]
+        w = flat_w.reshape(len(g), d, q).transpose(1, 2) if self.transposed else flat_w.reshape(len(g), q, d)
+        return torch.cat([w, g[:, q * d:, None]], dim=2) if self.bias else w
 
     def to_flat(self, m: torch.Tensor) -> torch.Tensor:
         """The inverse of :meth:`to_matrices`."""
-        w = m[:, :, :m.shape[2] - self.bias].flatten(1)
+        w = m[:, :, :m.shape[2] - self.bias]
+        w = (w.transpose(1, 2) if self.transposed else w).flatten(1)
         return torch.cat([w, m[:, :, -1]], dim=1) if self.bias else w
 
     def rotate(self, g: torch.Tensor) -> torch.Tensor:
@@ -120,6 +126,7 @@ class EKFAC:
             out[f"{l}.eigenvalues"], out[f"{l}.damping"] = b.eigenvalues, torch.tensor(b.damping, dtype=torch.float64)
             if isinstance(b, KroneckerBlock):
                 out[f"{l}.qa"], out[f"{l}.qs"], out[f"{l}.bias"] = b.qa, b.qs, torch.tensor(b.bias)
+                out[f"{l}.transposed"] = torch.tensor(b.transposed)
         return out
 
     @classmethod
@@ -129,7 +136,8 @@ class EKFAC:
         for l, cols in enumerate(layout.slices):
             lam, damping = state[f"{l}.eigenvalues"], float(state[f"{l}.damping"])
             blocks.append(KroneckerBlock(cols, bool(state[f"{l}.bias"]), state[f"{l}.qa"], state[f"{l}.qs"], lam,
-                                         damping) if f"{l}.qa" in state else DiagonalBlock(cols, lam, damping))
+                                         damping, bool(state[f"{l}.transposed"]))
+                          if f"{l}.qa" in state else DiagonalBlock(cols, lam, damping))
         return cls(blocks, layout)
 
 
@@ -216,6 +224,7 @@ def fit_ekfac(model: nn.Module, weights: dict[str, torch.Tensor], layout: ParamL
     computer = FactorizedGradients(model, layout, loss_fn)
     computer.keep_factors = True
     bias = {f.index: f.bias for f in computer.factor_layers}
+    transposed = {f.index: f.kind == "conv1d" for f in computer.factor_layers}
     sums = reduce(lambda: _factor_sums(computer, weights, batches, seed))
     if not all(bool(torch.isfinite(t).all()) for t in sums.values()):
         raise GradientError("ekfac: the curvature factors are not finite (NaN or inf activations or losses)")
@@ -223,7 +232,8 @@ def fit_ekfac(model: nn.Module, weights: dict[str, torch.Tensor], layout: ParamL
     for l, cols in enumerate(layout.slices):
         if f"{l}.a" in sums:
             qa, qs = (torch.linalg.eigh(m.double()).eigenvectors.to(m.dtype) for m in (sums[f"{l}.a"], sums[f"{l}.s"]))
-            blocks.append(KroneckerBlock(cols, bias[l], qa, qs, qa.new_zeros(qs.shape[0], qa.shape[0])))
+            blocks.append(KroneckerBlock(cols, bias[l], qa, qs, qa.new_zeros(qs.shape[0], qa.shape[0]),
+                                         transposed=transposed[l]))
         else:
             blocks.append(DiagonalBlock(cols, torch.zeros(cols[1] - cols[0])))  # dtype, device: from the gradients
     corrections = reduce(lambda: _correction_sums(blocks, computer, weights, batches, seed))

@@ -1,4 +1,4 @@
-"""Factorised ("ghost") per-example gradients: nn.Linear and nn.Conv2d as outer products.
+"""Factorised ("ghost") per-example gradients: nn.Linear, transformers' Conv1D and nn.Conv2d as outer products.
 
 For a Linear layer y_t = W a_t + b applied at positions t = 1..T (T = 1 without a sequence
 dimension) the per-example gradient of weight ⊕ bias is
@@ -49,7 +49,7 @@ class _FactorLayer:
 
     index: int
     module: nn.Module
-    kind: str  # "linear" | "conv" (factors) | "norm" (elementwise affine, dense from x̂ and e)
+    kind: str  # "linear" | "conv1d" | "conv" (factors) | "norm" (elementwise affine, dense from x̂ and e)
     weight: bool
     bias: bool
 
@@ -60,14 +60,17 @@ _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def _hook_kind(module: nn.Module) -> str | None:
     """How a module's per-example gradient is read from hooks, or ``None`` for torch.func.
 
-    Exactly nn.Linear, nn.Conv2d with groups 1 and explicit zero padding, an affine BatchNorm
-    with running statistics (the model is in eval mode), or an affine nn.LayerNorm. Subclasses
+    Exactly nn.Linear, transformers' ``Conv1D`` (GPT-2's linear layer, weight [in, out]), nn.Conv2d
+    with groups 1 and explicit zero padding, an affine BatchNorm with running statistics (the model is
+    in eval mode), or an affine nn.LayerNorm. Subclasses
     are not trusted: e.g. MultiheadAttention's ``out_proj`` is a Linear subclass whose weight is
     used without calling its forward, so a hook would never see it.
     """
     kind = type(module)
     if kind is nn.Linear:
         return "linear"
+    if kind.__name__ == "Conv1D" and kind.__module__ == "transformers.pytorch_utils":  # (transformers not imported)
+        return "conv1d"
     if (kind is nn.Conv2d and module.groups == 1 and module.padding_mode == "zeros"
             and not isinstance(module.padding, str)):
         return "conv"
@@ -264,9 +267,10 @@ class FactorizedGradients:
                 e = grad.reshape(batch, -1, grad.shape[-1])
             a_parts.append(a if layer.weight else a[..., :0])
             e_parts.append(e.to(a.dtype))
+        transposed = layer.kind == "conv1d"
         if not a_parts:
-            w = m.weight
+            w = m.weight.T if transposed else m.weight  # [out, in…]
             d = w[0].numel() if layer.weight else 0
-            return Factors(w.new_zeros(batch, 0, d), w.new_zeros(batch, 0, w.shape[0]), layer.bias)
+            return Factors(w.new_zeros(batch, 0, d), w.new_zeros(batch, 0, w.shape[0]), layer.bias, transposed)
         cat = lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)  # noqa: E731
-        return Factors(cat(a_parts), cat(e_parts), layer.bias)
+        return Factors(cat(a_parts), cat(e_parts), layer.bias, transposed)

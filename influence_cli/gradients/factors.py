@@ -9,7 +9,7 @@ and supports the operations of :class:`~influence_cli.gradients.per_example.Flat
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Union
 
 import torch
@@ -26,12 +26,15 @@ class Factors:
     """One layer's gradient as factors: G_i = Σ_t e[i,t] ã[i,t]ᵀ with ã = [a; 1] (the 1 only when
     ``bias``), a [B, T, d] (d = 0 when the weight is not selected) and e [B, T, q].
 
-    The bias's constant 1 is never stored: ⟨ã, ã′⟩ = ⟨a, a′⟩ + 1.
+    The bias's constant 1 is never stored: ⟨ã, ã′⟩ = ⟨a, a′⟩ + 1. ``transposed``: the layer stores its
+    weight as [in, out] (transformers' ``Conv1D``, y = x W + b), so its flat parameter order is that
+    of Gᵀ; only :meth:`materialize` depends on it (inner products do not).
     """
 
     a: torch.Tensor
     e: torch.Tensor
     bias: bool
+    transposed: bool = False
 
     @property
     def positions(self) -> int:
@@ -50,10 +53,12 @@ class Factors:
         return t * s * (self.p + self.e.shape[2]) < self.pq
 
     def materialize(self) -> torch.Tensor:
-        """The flat gradient [B, D_l] in parameter order: weight Σ_t e_t a_tᵀ flattened, then bias Σ_t e_t."""
+        """The flat gradient [B, D_l] in parameter order: weight Σ_t e_t a_tᵀ flattened (its transpose when
+        ``transposed``), then bias Σ_t e_t."""
         parts = []
         if self.a.shape[2]:
-            parts.append(torch.einsum("btq,btd->bqd", self.e, self.a).flatten(1))
+            spec = "btq,btd->bdq" if self.transposed else "btq,btd->bqd"
+            parts.append(torch.einsum(spec, self.e, self.a).flatten(1))
         if self.bias:
             parts.append(self.e.sum(1))
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
@@ -92,7 +97,7 @@ class Factors:
         """Stack along examples; shorter position axes are zero-padded (e = 0 adds nothing)."""
         t = max(p.positions for p in parts)
         pad = lambda x: F.pad(x, (0, 0, 0, t - x.shape[1]))  # noqa: E731
-        return Factors(torch.cat([pad(p.a) for p in parts]), torch.cat([pad(p.e) for p in parts]), parts[0].bias)
+        return replace(parts[0], a=torch.cat([pad(p.a) for p in parts]), e=torch.cat([pad(p.e) for p in parts]))
 
 
 Block = Union[Factors, torch.Tensor]
@@ -124,7 +129,7 @@ class LayerGrads:
         out: list[Block] = []
         for l, b in enumerate(self.blocks):
             if isinstance(b, Factors):
-                out.append(Factors(b.a, b.e * w[:, l, None, None].to(b.e.dtype), b.bias))
+                out.append(replace(b, e=b.e * w[:, l, None, None].to(b.e.dtype)))
             else:
                 out.append(b * w[:, l, None].to(b.dtype))
         return LayerGrads(out, self.layout)

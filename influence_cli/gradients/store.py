@@ -75,7 +75,7 @@ def encode(grads: GradientBatch) -> tuple[dict[str, torch.Tensor], dict[str, str
     for l, block in enumerate(grads.blocks):
         if isinstance(block, Factors):
             tensors[f"{l}.a"], tensors[f"{l}.e"] = own(block.a), own(block.e)
-            meta["blocks"].append({"factors": True, "bias": block.bias})
+            meta["blocks"].append({"factors": True, "bias": block.bias, "transposed": block.transposed})
         else:
             tensors[f"{l}.g"] = own(block)
             meta["blocks"].append({"factors": False})
@@ -98,10 +98,12 @@ def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: t
     meta = json.loads(metadata["meta"])
     names, sizes, layer_names, slices = meta["layout"]
     layout = ParamLayout(tuple(names), tuple(sizes), tuple(layer_names), tuple(tuple(s) for s in slices))
-    t = {k: v.to(device, non_blocking=True) for k, v in tensors.items()}
+    # A copy on the CPU: a tensor read at an arbitrary file offset may be misaligned, and kernels then
+    # take another path (scores one ulp off a fresh computation).
+    t = {k: v.to(device, non_blocking=True) if device.type != "cpu" else v.clone() for k, v in tensors.items()}
     if meta["kind"] == "flat":
         return FlatGrads(t["g"], layout)
-    blocks = [Factors(t[f"{l}.a"], t[f"{l}.e"], b["bias"]) if b["factors"] else t[f"{l}.g"]
+    blocks = [Factors(t[f"{l}.a"], t[f"{l}.e"], b["bias"], b.get("transposed", False)) if b["factors"] else t[f"{l}.g"]
               for l, b in enumerate(meta["blocks"])]
     return LayerGrads(blocks, layout)
 

@@ -71,6 +71,23 @@ class InPlace(nn.Module):
         return self.fc2(nn.functional.relu(self.fc1(h), inplace=True))
 
 
+class GPT2Style(nn.Module):
+    """transformers' ``Conv1D`` (weight [in, out]) on a sequence, then on the mean, with a partial
+    selection possible (bias only)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        self.c_attn = Conv1D(6, 5)   # nf = out, nx = in
+        self.c_proj = Conv1D(3, 6)
+        self.head = Conv1D(3, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.c_attn(x))             # [B, T, 6]
+        return self.head(torch.tanh(self.c_proj(h)).mean(1))
+
+
 def _pair(model: nn.Module, layers: list[str] | None, make_x) -> tuple:
     model = model.double().eval()
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -95,6 +112,9 @@ CASES = {
     "wide-conv": (WideConv, None, _images(8, 2)),
     "inplace": (InPlace, None, _images(1, 4)),
     "inplace-partial": (InPlace, ["bn", "fc2"], _images(1, 4)),
+    "gpt2-conv1d": (GPT2Style, None, lambda b: torch.randn(b, 4, 5, dtype=torch.float64)),
+    "gpt2-conv1d-partial": (GPT2Style, ["c_attn.weight", "c_proj.bias", "head"],
+                            lambda b: torch.randn(b, 4, 5, dtype=torch.float64)),
 }
 
 
