@@ -170,8 +170,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="every setting, 5/10/20%% noise")
     parser.add_argument("--no-cleanlab", action="store_true")
     parser.add_argument("--vision-cleanlab", action="store_true", help="cleanlab on vision too (5 more trainings)")
-    parser.add_argument("--skip", nargs="*", default=["ekfac"], choices=[m.value for m in MislabelMethod],
-                        help="signals not computed (default: ekfac)")
+    parser.add_argument("--skip", nargs="*", default=["ekfac", "arnoldi"], choices=[m.value for m in MislabelMethod],
+                        help="signals not computed (default: the curvature methods, ekfac and arnoldi)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--tables-from", type=Path, nargs="+",
                         help="print the table of saved rows, rescored by the current library (runs nothing)")
