@@ -112,7 +112,7 @@ def run_one(setting: str, noise: str, rate: float, seed: int, n_train: int, with
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(setting, Path(tmp), noise, rate, seed, n_train)
         session = Session.from_recipe(load_recipe(run.recipe), need_test=True)
-        signals, _, _ = compute_signals(session, methods | {MislabelMethod.AUM, MislabelMethod.LOSS})
+        signals, _, _, _ = compute_signals(session, methods | {MislabelMethod.AUM, MislabelMethod.LOSS})
         acc = test_accuracy(session)
         rates = [c.learning_rate for c in session.checkpoints]
         margins = checkpoint_margins(session)

@@ -115,7 +115,7 @@ def run_one(arch: str, noise: str, seed: int, schedule: TrainSchedule, with_clea
     with tempfile.TemporaryDirectory() as tmp:
         path, data = make_digits_run(Path(tmp), seed=seed, arch=arch, schedule=schedule, **kind)
         session = Session.from_recipe(load_recipe(path))
-        signals, _, _ = compute_signals(session, set(MislabelMethod))
+        signals, _, _, _ = compute_signals(session, set(MislabelMethod))
     flipped = torch.zeros(len(data.labels))
     flipped[data.flipped] = 1
     row: dict = {"arch": arch, "noise": noise, "seed": seed, "ranking": {},
@@ -157,7 +157,7 @@ def blob_run(sep: float, n: int, epochs: int, seed: int, rate: float) -> dict:
         recipe = {"model": {"factory": TINY_MLP}, "checkpoints": ckpts,
                   "data": {"train": {"format": "tensors", "path": "train.pt"}}, "dtype": "float64", "device": "cpu"}
         Path(tmp, "recipe.yaml").write_text(yaml.safe_dump(recipe))
-        signals, _, _ = compute_signals(Session.from_recipe(load_recipe(Path(tmp, "recipe.yaml"))),
+        signals, _, _, _ = compute_signals(Session.from_recipe(load_recipe(Path(tmp, "recipe.yaml"))),
                                         {MislabelMethod.COMBINED})
     flipped = torch.zeros(n, dtype=torch.bool)
     flipped[flips] = True

@@ -67,13 +67,14 @@ class TrainPassResult:
     opponents: tuple[torch.Tensor, torch.Tensor] | None
     matrix: torch.Tensor | None                            # [M, N'] when asked for
     column_best: tuple[torch.Tensor, torch.Tensor] | None = None  # ([N', r] scores, [N', r] query rows)
+    checkpoint_mass: torch.Tensor | None = None  # [terms] η_c Σ_i s_c(z_i): each checkpoint term's part of the sum
 
     @classmethod
     def merge(cls, parts: list["TrainPassResult | None"], k: int) -> "TrainPassResult":
         """One result from results over disjoint, consecutive shards, in order (``None``: an empty shard).
 
         indices, self-influence, column_best (per training example) and the matrix (along the
-        training axis): concatenated; proponents/opponents: the k largest/smallest of the per-shard
+        training axis): concatenated; checkpoint_mass: added; proponents/opponents: the k largest/smallest of the per-shard
         top-k lists (:func:`~influence_cli.topk.merge_topk`, ties to the smaller index), which is
         exactly the top-k over all columns.
         """
@@ -93,7 +94,9 @@ class TrainPassResult:
         return cls(indices=indices, self_influence=torch.cat([p.self_influence for p in present]),
                    proponents=side("proponents", True), opponents=side("opponents", False),
                    matrix=None if first.matrix is None else torch.cat([p.matrix for p in present], dim=1),
-                   column_best=rows("column_best"))
+                   column_best=rows("column_best"),
+                   checkpoint_mass=None if first.checkpoint_mass is None else
+                   torch.stack([p.checkpoint_mass for p in present]).sum(0))
 
 
     @classmethod
@@ -114,7 +117,8 @@ class TrainPassResult:
             best = (top.values, where.gather(1, top.indices))
         return cls(indices=first.indices, self_influence=first.self_influence, proponents=side("proponents"),
                    opponents=side("opponents"),
-                   matrix=None if first.matrix is None else torch.cat(pairs("matrix")), column_best=best)
+                   matrix=None if first.matrix is None else torch.cat(pairs("matrix")), column_best=best,
+                   checkpoint_mass=first.checkpoint_mass)
 
 
 def _raise_non_finite(session: Session, split: Examples, idx: torch.Tensor,
@@ -383,6 +387,7 @@ def local_train_pass(session: Session, method: Method, query: QueryFeatures | No
     r = min(column_best, m)
     self_parts, blocks, col_parts = [], [], []
     terms = checkpoint_terms(session, method)
+    mass = torch.zeros(len(terms), dtype=torch.float64, device=session.device)
     with progress.task("train gradients", total=len(indices)) as advance:
         for idx, x, y in session.train.batches(session.recipe.batch_size, indices):
             x, y = session.to_device(x, y)
@@ -392,6 +397,7 @@ def local_train_pass(session: Session, method: Method, query: QueryFeatures | No
             for j, (c, lr) in enumerate(terms):
                 feats, self_term, ok = weighted_batch(session, method, c, x, y, idx)
                 self_inf += lr * self_term
+                mass[j] += lr * self_term.double().sum()
                 finite.append((c, ok))
                 if query is not None:
                     block += lr * query.per_checkpoint[j].dot(feats)
@@ -417,6 +423,7 @@ def local_train_pass(session: Session, method: Method, query: QueryFeatures | No
         opponents=cpu(bottom.result()) if m else None,
         matrix=torch.cat(blocks, dim=1) if keep_matrix and m else None,
         column_best=(torch.cat([v for v, _ in col_parts]), torch.cat([i for _, i in col_parts])) if r else None,
+        checkpoint_mass=mass.cpu(),
     )
 
 

@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import torch
 
-from influence_cli.engine import TrainPassResult, explain
+from influence_cli.checkpoint_fit import CheckpointFit, checkpoint_entries, sampled_fit, warn_if_dominated
+from influence_cli.engine import TrainPassResult, checkpoint_terms, explain
 from influence_cli.errors import InfluenceError, ParameterError
 from influence_cli.frames import ToPandas
 from influence_cli.methods import Method, TestLabels, choose
@@ -35,6 +36,7 @@ class InfluenceResult(ToPandas, records="test", explode=("proponents", "opponent
     given_labels: torch.Tensor     # [M]
     predictions: torch.Tensor | None
     passes: TrainPassResult
+    checkpoint_fit: CheckpointFit | None = None  # fit_c on a training sample and share_c of the sum (classifiers)
 
     @property
     def proponents(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +83,7 @@ class InfluenceResult(ToPandas, records="test", explode=("proponents", "opponent
         return {
             "method": str(self.method),
             "recipe": self.session.recipe.to_dict(),
-            "checkpoints": [c.to_dict() for c in self.session.checkpoints],
+            "checkpoints": checkpoint_entries(self.session, self.checkpoint_fit),
             "test": tests,
         }
 
@@ -116,4 +118,19 @@ def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
     else:
         loss_labels = given
     passes = explain(session, method, idx, loss_labels, k=k, keep_matrix=keep_matrix, progress=progress)
-    return InfluenceResult(method, session, idx, loss_labels, given, predictions, passes)
+    return InfluenceResult(method, session, idx, loss_labels, given, predictions, passes,
+                           checked_fit(session, method, passes))
+
+
+def checked_fit(session: Session, method: Method, passes: TrainPassResult) -> CheckpointFit | None:
+    """fit_c on a training sample and share_c of ``method``'s checkpoint sum (:mod:`influence_cli.checkpoint_fit`),
+    warning when under-trained checkpoints dominate it; ``None`` for a model without class labels."""
+    fit = sampled_fit(session)
+    if fit is None:
+        return None
+    terms = checkpoint_terms(session, method)
+    if passes.checkpoint_mass is not None and len(terms) == len(session.weights):
+        fit = fit.with_share(passes.checkpoint_mass)
+    warn_if_dominated(session, fit, f"{method}'s sum over checkpoints")
+    return fit
+

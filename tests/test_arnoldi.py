@@ -80,7 +80,7 @@ def test_mislabel_arnoldi_is_the_explicit_self_influence(tiny_recipe):
     run = tiny_recipe("mlp", n_train=6, n_test=1, learning_rates=(0.4, 0.1), seed=3,
                       curvature={"eigenpairs": P, "iterations": 60})
     session = Session.from_recipe(load_recipe(run.recipe_path))
-    signals, _, _ = compute_signals(session, {MislabelMethod.ARNOLDI})
+    signals, _, _, _ = compute_signals(session, {MislabelMethod.ARNOLDI})
     model = run.factory().double()
     model.load_state_dict(run.states[-1])
     x, y = run.train[0].double(), run.train[1]

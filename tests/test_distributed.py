@@ -80,9 +80,10 @@ def test_merging_shards_equals_one_pass(run):
              for s in (shard(torch.arange(N_TRAIN), BATCH, r, 7) for r in range(7))]
     assert parts[-1] is None and parts[0] is not None
     assert {f.name for f in fields(TrainPassResult)} == {  # merge() knows every field
-        "indices", "self_influence", "proponents", "opponents", "matrix", "column_best"}
+        "indices", "self_influence", "proponents", "opponents", "matrix", "column_best", "checkpoint_mass"}
     merged = TrainPassResult.merge(parts, k=4)
     assert torch.equal(merged.indices, whole.indices)
+    torch.testing.assert_close(merged.checkpoint_mass, whole.checkpoint_mass, rtol=1e-6, atol=0)
     torch.testing.assert_close(merged.self_influence, whole.self_influence, rtol=1e-6, atol=0)
     torch.testing.assert_close(merged.matrix, whole.matrix, rtol=1e-6, atol=0)
     for got, want in ((merged.proponents, whole.proponents), (merged.opponents, whole.opponents),

@@ -165,7 +165,7 @@ def test_mislabel_ekfac_is_the_explicit_self_influence(tiny_recipe):
     """``mislabel-detect --method ekfac`` scores g(z)ᵀ(G + λI)⁻¹g(z) at the final checkpoint."""
     run = tiny_recipe("mlp", n_train=8, n_test=2, learning_rates=(0.4, 0.1), seed=4)
     session = Session.from_recipe(load_recipe(run.recipe_path))
-    signals, _, _ = compute_signals(session, {MislabelMethod.EKFAC})
+    signals, _, _, _ = compute_signals(session, {MislabelMethod.EKFAC})
     model = run.factory().double()
     model.load_state_dict(run.states[-1])
     draws = _draws(model, run.train[0].double(), session.recipe.batch_size, 0)

@@ -52,7 +52,9 @@ def test_to_dict_layout(run):
     data = result.to_dict()
     assert set(data) == {"method", "recipe", "checkpoints", "test"} and data["method"] == "gas"
     assert data["recipe"] == session.recipe.to_dict()
-    assert data["checkpoints"] == [c.to_dict() for c in session.checkpoints]
+    assert [{k: e[k] for k in ("path", "learning_rate", "learning_rate_source", "sha256")}
+            for e in data["checkpoints"]] == [c.to_dict() for c in session.checkpoints]
+    assert all({"fit", "share", "under_trained"} <= set(e) for e in data["checkpoints"])  # checkpoint_fit
     labels = run.train[1].tolist()
     for row, (entry, t) in enumerate(zip(data["test"], [1, 2])):
         assert list(entry) == ["test_index", "label", "prediction", "loss_label", "proponents", "opponents"]

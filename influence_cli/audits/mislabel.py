@@ -41,7 +41,7 @@ preferred another label. Measured by ``benchmarks/mislabel.py`` (see ``benchmark
 noisy digits 131.6 flagged for 150 flips, precision 0.983, recall 0.863 (the old mean-ẑ cut with
 tracin-last: 148, 0.962, 0.951); ``benchmarks/matrix.py``: no flag on 6 clean twins. Expect a few
 percent where classes overlap or the model is under-trained (its early margins are negative).
-Checkpoints fitting under half as many training labels as the last (:func:`under_trained`) are
+Checkpoints fitting under half as many training labels as the last (:mod:`influence_cli.checkpoint_fit`) are
 named in one warning.
 """
 
@@ -50,11 +50,12 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
+from influence_cli.checkpoint_fit import CheckpointFit, checkpoint_entries, margins_positive, warn_if_dominated
 from influence_cli.engine import curvature_spec, train_pass
 from influence_cli.errors import ParameterError
 from influence_cli.frames import ToPandas
@@ -99,26 +100,30 @@ def last_layer_session(session: Session) -> Session:
     return replace(session, layout=select_parameters(session.model, names), store=None)
 
 
-def under_trained(fit: torch.Tensor) -> list[int]:
-    """Checkpoints c whose fit (share of training examples with margin m_c > 0) is below half the
-    last checkpoint's: fit_c < fit_C / 2 (e.g. a ResNet-18 at epoch 3: 0.25 vs 0.79)."""
-    return (fit < fit[-1] / 2).nonzero().flatten().tolist()
-
-
-def _warn_under_trained(session: Session, fit: torch.Tensor) -> None:
-    """One warning naming the :func:`under_trained` checkpoints (their margins enter ``aum``)."""
-    early = under_trained(fit)
+def _warn_under_trained(session: Session, fit: CheckpointFit) -> None:
+    """One warning naming the under-trained checkpoints (:mod:`influence_cli.checkpoint_fit`; their margins
+    enter ``aum``)."""
+    early = fit.under_trained()
     if early:
-        names = ", ".join(f"{session.checkpoints[c].path.name} ({fit[c]:.0%})" for c in early)
-        warnings.warn(f"{len(early)} of {len(fit)} checkpoints fit under half as many training labels as the last "
-                      f"({fit[-1]:.0%}): {names}; they are under-trained, and their margins enter the mean margin "
+        names = ", ".join(f"{session.checkpoints[c].path.name} ({fit.fit[c]:.0%})" for c in early)
+        warnings.warn(f"{len(early)} of {len(fit.fit)} checkpoints fit under half as many training labels as the last "
+                      f"({fit.fit[-1]:.0%}): {names}; they are under-trained, and their margins enter the mean margin "
                       "(aum, combined, the automatic cut): consider listing only later checkpoints", stacklevel=4)
 
 
+class Signals(NamedTuple):
+    """What :func:`compute_signals` measured, all float64 on the CPU."""
+
+    scores: dict[MislabelMethod, torch.Tensor]  # [N] per single signal
+    suggested: torch.Tensor                      # [N] argmax at the last checkpoint
+    prob: torch.Tensor                           # [N] its probability
+    fit: CheckpointFit                           # fit_c over all N (share_c of tracin's sum when computed)
+
+
 def _output_signals(session: Session, indices: torch.Tensor, progress: Progress
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, CheckpointFit]:
     """(mean margin over checkpoints, loss at the last checkpoint, argmax and its probability
-    there), from forward passes only; warns about :func:`under_trained` checkpoints."""
+    there, every checkpoint's fit), from forward passes only; warns about under-trained checkpoints."""
     labels = session.train.labels[indices].long()
     chunk = 16 * session.recipe.batch_size
     margin_sum = torch.zeros(len(indices), dtype=torch.float64)
@@ -132,31 +137,33 @@ def _output_signals(session: Session, indices: torch.Tensor, progress: Progress
                 given = logits.gather(1, y[:, None]).squeeze(1)
                 others = logits.scatter(1, y[:, None], -math.inf).max(1).values
                 margin_sum[start:start + len(idx)] += given - others
-                fit[c] += float((given > others).sum()) / len(indices)
+                fit[c] += float(margins_positive(logits, y).sum()) / len(indices)
                 if c == len(session.weights) - 1:
                     loss.append(F.cross_entropy(logits, y, reduction="none"))
                     p, k = logits.softmax(1).max(1)
                     suggested.append(k)
                     prob.append(p)
                 advance(len(idx))
-    _warn_under_trained(session, fit)
-    return margin_sum / len(session.weights), torch.cat(loss), torch.cat(suggested), torch.cat(prob)
+    fitted = CheckpointFit(fit, len(indices))
+    _warn_under_trained(session, fitted)
+    return margin_sum / len(session.weights), torch.cat(loss), torch.cat(suggested), torch.cat(prob), fitted
 
 
 def compute_signals(session: Session, methods: set[MislabelMethod], indices: torch.Tensor | None = None,
-                    progress: Progress | None = None) -> tuple[dict[MislabelMethod, torch.Tensor], torch.Tensor,
-                                                               torch.Tensor]:
+                    progress: Progress | None = None) -> Signals:
     """Every single-signal score in ``methods`` (``combined`` expands to its parts), plus the
-    suggested label and its probability at the last checkpoint. All float64, on the CPU."""
+    suggested label and its probability at the last checkpoint and every checkpoint's fit."""
     progress = progress or NoProgress()
     indices = torch.arange(len(session.train)) if indices is None else indices
     if MislabelMethod.COMBINED in methods:
         methods = (methods - {MislabelMethod.COMBINED}) | set(COMBINED_SIGNALS)
-    margin, loss, suggested, prob = _output_signals(session, indices, progress)
+    margin, loss, suggested, prob, fit = _output_signals(session, indices, progress)
     out: dict[MislabelMethod, torch.Tensor] = {MislabelMethod.AUM: -margin, MislabelMethod.LOSS: loss}
     if MislabelMethod.TRACIN in methods:
-        out[MislabelMethod.TRACIN] = train_pass(session, Method.TRACIN, indices=indices,
-                                                progress=progress).self_influence.double()
+        tracin = train_pass(session, Method.TRACIN, indices=indices, progress=progress)
+        out[MislabelMethod.TRACIN] = tracin.self_influence.double()
+        fit = fit.with_share(tracin.checkpoint_mass)
+        warn_if_dominated(session, fit, "tracin's self-influence")
     if MislabelMethod.TRACIN_LAST in methods:
         out[MislabelMethod.TRACIN_LAST] = train_pass(last_layer_session(session), Method.TRACIN, indices=indices,
                                                      progress=progress).self_influence.double()
@@ -167,7 +174,7 @@ def compute_signals(session: Session, methods: set[MislabelMethod], indices: tor
                                                "`curvature: {renormalize: true}`; remove it to rank labels")
             out[curved] = train_pass(session, Method(curved.value), indices=indices,
                                      progress=progress).self_influence.double()
-    return {m: out[m] for m in methods}, suggested, prob
+    return Signals({m: out[m] for m in methods}, suggested, prob, fit)
 
 
 def _combined_z(signals: dict[MislabelMethod, torch.Tensor]) -> torch.Tensor:
@@ -239,6 +246,7 @@ class MislabelResult(ToPandas, records="ranking"):
     suggested_prob: torch.Tensor  # [N]
     flag_rule: FlagRule
     n_flagged: int
+    checkpoint_fit: CheckpointFit | None = None  # fit_c over all N (share_c of tracin's self-influence with tracin)
 
     @property
     def flagged_indices(self) -> torch.Tensor:
@@ -257,7 +265,7 @@ class MislabelResult(ToPandas, records="ranking"):
         return {
             "method": str(self.method),
             "recipe": self.session.recipe.to_dict(),
-            "checkpoints": [c.to_dict() for c in self.session.checkpoints],
+            "checkpoints": checkpoint_entries(self.session, self.checkpoint_fit),
             "flag_rule": {"rule": self.flag_rule.name, "top": self.flag_rule.top,
                           "fraction": self.flag_rule.fraction, "auto_z": AUTO_Z if self.flag_rule.name == "auto"
                           else None, "description": self.flag_rule.describe(), "lowest_flagged_score": threshold},
@@ -277,12 +285,12 @@ def mislabel_detect(recipe_or_session: Recipe | Session, *, method: MislabelMeth
     session = Session.of(recipe_or_session)
     session.require_classifier("mislabel-detect")
     rule.validate(len(session.train))
-    signals, suggested, prob = compute_signals(session, {method, MislabelMethod.AUM}, progress=progress)
+    signals, suggested, prob, fit = compute_signals(session, {method, MislabelMethod.AUM}, progress=progress)
     scores = combine(signals, method)
     z = signal_z(scores, method in POSITIVE_SIGNALS)
     # Deterministic order: by score, ties by index (a stable sort of the index order).
     order = torch.sort(scores, descending=True, stable=True).indices
     n_flagged = rule.count(cut_z(signals, method), -signals[MislabelMethod.AUM])
     return MislabelResult(method, session, order, scores[order], z[order], suggested[order], prob[order],
-                          rule, n_flagged)
+                          rule, n_flagged, fit)
 

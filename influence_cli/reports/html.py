@@ -250,10 +250,16 @@ def _run(run: dict[str, Any], docs: dict[str, dict[str, Any]]) -> str:
     recipe = run.get("recipe") or first.get("recipe") or {}
     checkpoints = run.get("checkpoints") or next((d["checkpoints"] for d in docs.values() if d.get("checkpoints")), [])
     parts = [_kv([("influence-cli", run.get("version", "?")), ("recipe file", run.get("recipe_path") or "?")])]
+    measured = next((d["checkpoints"] for d in docs.values()
+                     if any("fit" in e for e in d.get("checkpoints") or [])), None)  # checkpoint_fit's fields
     if checkpoints:
+        pct = lambda v: "" if v is None else f"{v:.0%}"  # noqa: E731
+        fit = [(pct(m.get("fit")), pct(m.get("share")), "under-trained" if m.get("under_trained") else "")
+               for m in measured] if measured and len(measured) == len(checkpoints) else None
         parts.append("<h3>Checkpoints</h3>" + _table(
-            ["#", "path", "learning rate η_c", "sha256"],
-            [("", [c, e.get("path"), e.get("learning_rate"), str(e.get("sha256", ""))[:12]])
+            ["#", "path", "learning rate η_c", "sha256", *(["training labels fit", "share of the sum", ""] if fit
+                                                          else [])],
+            [("", [c, e.get("path"), e.get("learning_rate"), str(e.get("sha256", ""))[:12], *(fit[c] if fit else [])])
              for c, e in enumerate(checkpoints)]))
     commands = run.get("commands", {})
     if commands:

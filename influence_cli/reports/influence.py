@@ -53,9 +53,20 @@ def _side_cells(entry: dict | None, labeled: bool) -> tuple:
     return (cell(entry), label_text(entry, "label"), entry["score"]) if labeled else (cell(entry), entry["score"])
 
 
+def checkpoint_rows(checkpoints: list[dict]) -> tuple[list[str], list[tuple]]:
+    """(header, rows) of the checkpoint table: path, learning rate and, when measured, the training fit,
+    the share of the checkpoint sum and whether the checkpoint is under-trained
+    (:mod:`influence_cli.checkpoint_fit`)."""
+    extra = [k for k in ("fit", "share") if any(k in c for c in checkpoints)]
+    pct = lambda v: "" if v is None else f"{v:.0%}"  # noqa: E731
+    rows = [(c["path"], c["learning_rate"], *(pct(c.get(k)) for k in extra),
+             *(["under-trained" if c.get("under_trained") else ""] if extra else [])) for c in checkpoints]
+    names = {"fit": "training labels fit", "share": "share of the sum"}
+    return ["checkpoint", "learning rate", *(names[k] for k in extra), *([""] if extra else [])], rows
+
+
 def _summary(data: dict) -> str:
-    ckpts = markdown_table(["checkpoint", "learning rate"],
-                           [(c["path"], c["learning_rate"]) for c in data["checkpoints"]])
+    ckpts = markdown_table(*checkpoint_rows(data["checkpoints"]))
     lines = [f"# Influence ({data['method']})", "", f"{len(data['test'])} test example(s); "
              f"{len(data['checkpoints'])} checkpoint(s).", "", ckpts]
     labeled = _labeled(data["test"])
