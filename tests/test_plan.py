@@ -14,6 +14,9 @@ Why the timing test is stable on 2 shared cores (load average 3–6 while these 
 - the plan takes the least of its C checkpoints' timings (the same work), so one slow batch does not
   set the estimate.
 
+The curvature methods (``ekfac``, ``arnoldi``), their fit included, on the benchmark MLP and CNN:
+0.80–1.02 per pair (one run at load average 4–6).
+
 Measured over six runs of these tests at load average 2.4–6 (``pytest tests/test_plan.py -k within_2x -s``
 prints them): predicted / real per pair 0.63–1.32, medians 0.69–1.04 (ResNet-18 0.80–1.32, MLP
 0.63–1.12, CNN 0.63–1.02, mislabel-detect on the CNN 0.92–1.07).
@@ -21,8 +24,10 @@ prints them): predicted / real per pair 0.63–1.32, medians 0.69–1.04 (ResNet
 
 from __future__ import annotations
 
+import importlib
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -35,10 +40,11 @@ from influence_cli.engine import nbytes, query_features
 from influence_cli.errors import ParameterError
 from influence_cli.gradients.factors import Factors, LayerGrads
 from influence_cli.gradients.layers import select_parameters
-from influence_cli.methods import Method
+from influence_cli.methods import CURVATURE_METHODS, Method, MislabelMethod
 from influence_cli.plan import Plan, plan
 from influence_cli.plan.budget import last_layers
 from influence_cli.plan.measure import per_example
+from influence_cli.recipe import CurvatureSpec
 
 N_TRAIN, N_TEST, REPEATS = 64, 8, 3
 
@@ -115,6 +121,26 @@ def test_time_is_within_2x_of_the_real_score_run(setting, resnet, bench):
     assert 0.5 <= statistics.median(ratios) <= 2.0, ratios
 
 
+@pytest.mark.parametrize("setting, method", [("cnn", "ekfac"), ("mlp", "arnoldi")])
+def test_time_is_within_2x_of_the_real_curvature_run(setting, method, bench):
+    """The fit included: every real run fits afresh (the session's kept fit is dropped first); arnoldi with
+    3 eigenpairs (6 iterations, each a training pass) to keep the test short (ekfac on the MLP: 0.82–1.22,
+    but 2 min)."""
+    session = bench(setting)
+    if method == "arnoldi":
+        spec = CurvatureSpec(eigenpairs=3)
+        session = replace(session, recipe=session.recipe.model_copy(update={"curvature": spec}), curvature={})
+
+    def run() -> None:
+        session.curvature.clear()
+        score(session, method=method, k=10)
+
+    ratios = _ratios(session, run, method=method)
+    session.curvature.clear()
+    print(f"{setting}: score --method {method} predicted / real = {[round(r, 2) for r in ratios]}")
+    assert 0.5 <= statistics.median(ratios) <= 2.0, ratios
+
+
 def test_time_is_within_2x_of_the_real_mislabel_run(bench):
     session = bench("cnn")
     ratios = _ratios(session, lambda: mislabel_detect(session), command="mislabel-detect")
@@ -152,8 +178,8 @@ def test_layer_paths_sizes_and_memory_are_the_engines(resnet):
 
 @pytest.mark.parametrize("settings, paths", [
     ({}, {"conv": ("materialised", None), "bn": ("norm hooks", None), "fc": ("factorised", None)}),
-    ({"projection": {"dim": 8}}, {"conv": ("factorised", "Kronecker"), "bn": ("norm hooks", "exact"),
-                                  "fc": ("factorised", "Kronecker")}),
+    ({"projection": {"dim": 8}}, {"conv": ("factorised", "CountSketch"), "bn": ("norm hooks", "exact"),
+                                  "fc": ("factorised", "TensorSketch")}),  # conv: G materialised (T = 64)
     ({"factorize": False}, {"conv": ("torch.func", None), "bn": ("torch.func", None), "fc": ("torch.func", None)}),
     ({"layers": ["bn"], "projection": {"dim": 4}}, {"bn": ("norm hooks", "CountSketch")}),
 ], ids=["factorised", "projected", "torch.func", "countsketch"])
@@ -273,3 +299,131 @@ def test_to_dict_is_json_with_the_totals(tiny_recipe):
     assert data["seconds"] == pytest.approx(p.seconds) and data["memory_bytes"] == p.memory_bytes
     assert data["parts"][0]["layers"][0]["path"] == "materialised"
     assert data["suggestions"][0]["yaml"].startswith("layers:")
+
+
+# ---------------------------------------------------------------- the curvature methods' fit
+
+# The tiny MLP (tests/fixtures/tiny_models.py): Linear(6, 8), Linear(8, 8), Linear(8, 3), biases selected,
+# as (p, q) = (inputs + 1 for the bias, outputs); D its parameters. N = 10 training, M = 4 test examples,
+# batch b = 4, two checkpoints, float64 (tests/conftest.py: write_tiny_recipe).
+MLP_PQ = [(7, 8), (9, 8), (9, 3)]
+MLP_D = sum((p - 1) * q + q for p, q in MLP_PQ)  # 155
+MLP_N, MLP_M, MLP_B, FLOAT64 = 10, 4, 4, 8
+
+
+@pytest.fixture
+def tick(monkeypatch):
+    """A fake clock for the plan's measurements: every reading is one second after the last, so every
+    interval between two consecutive readings (a timed call, a pass of a fit) measures exactly 1 s."""
+    measure = importlib.import_module("influence_cli.plan.measure")  # the module (the package exports a function)
+    readings = iter(range(10**6))
+    monkeypatch.setattr(measure, "_clock", lambda session: float(next(readings)))
+
+
+def _stages(part) -> dict[str, tuple[int, int, int, float]]:
+    return {s.name: (s.examples, s.checkpoints, s.passes, s.seconds) for s in part.stages}
+
+
+def test_ekfac_fit_time_is_the_measured_passes_extrapolated(tiny_recipe, tick):
+    """1 s to read the batch, 1 s per pass of the fit on it (two passes), 3 s for the rest of the fit (between
+    the passes and after them: the eigendecompositions): (N / b) · passes · (t_load + t_pass) + t_fixed."""
+    part = plan(load_recipe(tiny_recipe("mlp").recipe_path), method="ekfac").parts[0]
+    fit = part.fit
+    assert (fit.method, fit.terms, fit.train, fit.batch, fit.passes) == ("ekfac", 1, MLP_N, MLP_B, 2)
+    assert fit.batch_seconds == 1.0 + 1.0 and fit.fixed_seconds == 3.0
+    assert fit.seconds == MLP_N / MLP_B * 2 * (1.0 + 1.0) + 3.0 == 13.0
+    assert _stages(part)["curvature fit"] == (MLP_N, 1, 2, 13.0)
+    assert part.seconds == sum(s.seconds for s in part.stages)
+
+
+def test_ekfac_memory_is_its_factors(tiny_recipe):
+    """Q_A (p²), Q_S (q²) and Λ* (q·p) per layer, in float64; the test side holds P g (D numbers) at the
+    final checkpoint only."""
+    session = Session.from_recipe(load_recipe(tiny_recipe("mlp").recipe_path), need_test=True)
+    p = plan(session, method="ekfac")
+    part = p.parts[0]
+    numbers = sum(a * a + q * q + q * a for a, q in MLP_PQ)
+    assert numbers == 503 and part.fit.numbers == numbers and part.fit.itemsize == FLOAT64
+    assert part.fit_bytes == part.fit.bytes == 503 * FLOAT64
+    assert part.checkpoints == 1 and part.query_example_bytes == MLP_D * FLOAT64
+    assert part.query_bytes == 1 * MLP_M * MLP_D * FLOAT64
+    assert p.memory_bytes == p.weights_bytes + 503 * FLOAT64 + part.query_bytes + part.batch_bytes
+    assert session.curvature == {}  # measured on one batch, nothing fitted over N nor kept
+
+
+def test_ekfac_memory_counts_a_diagonal_for_unfactored_layers(tiny_recipe):
+    """The CNN: conv (p = 1·3·3 + 1, q = 4) and fc (p = 16 + 1, q = 3) are factored, the BatchNorm's 8
+    parameters get a diagonal."""
+    fit = plan(load_recipe(tiny_recipe("cnn").recipe_path), method="ekfac").parts[0].fit
+    assert fit.numbers == (10**2 + 4**2 + 4 * 10) + 8 + (17**2 + 3**2 + 3 * 17) == 513
+
+
+def test_arnoldi_fit_is_iterations_products(tiny_recipe, tick):
+    """5 iterations: 5 passes of one Gauss-Newton-vector product per batch (1 s, + 1 s reading it), and
+    5·6/2 Gram-Schmidt steps of 1/8 s (eight timed in 1 s); the Krylov basis holds D·6 numbers."""
+    run = tiny_recipe("mlp", curvature={"eigenpairs": 3, "iterations": 5})
+    part = plan(load_recipe(run.recipe_path), method="arnoldi").parts[0]
+    fit = part.fit
+    assert (fit.method, fit.terms, fit.passes) == ("arnoldi", 1, 5)
+    assert fit.batch_seconds == 2.0 and fit.fixed_seconds == 15 / 8
+    assert fit.seconds == MLP_N / MLP_B * 5 * 2.0 + 15 / 8
+    assert _stages(part)["curvature fit"] == (MLP_N, 1, 5, fit.seconds)
+    assert fit.numbers == MLP_D * (5 + 1) and fit.bytes == MLP_D * 6 * FLOAT64
+    assert part.query_example_bytes == MLP_D * FLOAT64
+
+
+def test_arnoldi_iterations_default_to_twice_the_eigenpairs(tiny_recipe):
+    run = tiny_recipe("mlp", curvature={"eigenpairs": 4})
+    assert plan(load_recipe(run.recipe_path), method="arnoldi").parts[0].fit.passes == 8
+
+
+def test_a_fit_per_checkpoint_when_curvature_sums_them(tiny_recipe, tick):
+    """``curvature: {checkpoints: all}``: one fit per checkpoint (C′ = C = 2), twice the time and memory."""
+    last = plan(load_recipe(tiny_recipe("mlp").recipe_path), method="ekfac").parts[0]
+    every = plan(load_recipe(tiny_recipe("mlp", curvature={"checkpoints": "all"}).recipe_path),
+                 method="ekfac").parts[0]
+    assert every.fit.terms == every.checkpoints == 2 and last.fit.terms == 1
+    assert every.fit.seconds == 2 * last.fit.seconds and every.fit_bytes == 2 * last.fit_bytes
+    assert _stages(every)["test gradients"][1] == 2 and _stages(last)["test gradients"][1] == 1
+
+
+@pytest.mark.parametrize("method", [m for m in MislabelMethod if m.value in {c.value for c in CURVATURE_METHODS}])
+def test_mislabel_detect_with_a_curvature_method_fits_then_scores_itself(tiny_recipe, method):
+    p = plan(load_recipe(tiny_recipe("mlp").recipe_path), command="mislabel-detect", method=str(method))
+    part = p.parts[0]
+    assert part.label == f"mislabel-detect ({method})" and part.fit.method == str(method)
+    assert [(s.name, s.examples, s.checkpoints) for s in part.stages] == [
+        ("forward passes", MLP_N, 2), ("curvature fit", MLP_N, 1), ("train gradients", MLP_N, 1)]
+    assert part.queries == 0 and p.memory_bytes == p.weights_bytes + part.fit_bytes + part.batch_bytes
+
+
+@pytest.mark.parametrize("method", ["ekfac", "arnoldi"])
+def test_target_identify_with_a_curvature_method(tiny_recipe, method):
+    part = plan(load_recipe(tiny_recipe("mlp").recipe_path), command="target-identify", method=method).parts[0]
+    assert [(s.name, s.examples, s.checkpoints) for s in part.stages] == [
+        ("curvature fit", MLP_N, 1), ("predictions", MLP_M, 1), ("test gradients", MLP_M, 1),
+        ("train gradients", MLP_N, 1)]
+
+
+def test_a_curvature_method_refuses_a_projection(tiny_recipe):
+    with pytest.raises(ParameterError) as err:
+        plan(load_recipe(tiny_recipe("mlp", projection={"dim": 8}).recipe_path), method="ekfac")
+    assert err.value.parameter == "method" and "projection" in str(err.value)
+
+
+def test_over_budget_a_curvature_method_gets_fewer_layers_not_a_projection(tiny_recipe):
+    p = plan(load_recipe(tiny_recipe("mlp").recipe_path), method="ekfac", budget_minutes=1e-9, budget_gb=1e-9)
+    assert set(p.over_budget) == {"time", "memory"}
+    assert [next(iter(s.settings)) for s in p.suggestions] == ["layers"]
+
+
+def test_cli_plans_a_curvature_fit(tiny_recipe):
+    from typer.testing import CliRunner
+
+    from influence_cli.cli import app
+
+    res = CliRunner().invoke(app, ["plan", str(tiny_recipe("mlp").recipe_path), "--command", "score",
+                                   "--method", "ekfac"])
+    assert res.exit_code == 0, res.output
+    for text in ("curvature fit", "curvature (ekfac)", "p_l²", "2 passes × 10 × 1", "curvature fit (ekfac): C′·"):
+        assert text in res.output, text

@@ -28,16 +28,18 @@ class Format(Choice):
     JSON = "json"
 
 
-def _estimated(kind: type[Method] | type[MislabelMethod]) -> str:
-    """The methods of ``kind`` that plan estimates."""
-    return ", ".join(str(m) for m in kind if m not in CURVATURE_METHODS and m is not MislabelMethod.EKFAC)
+def _names(kind: type[Method] | type[MislabelMethod]) -> str:
+    """The methods of ``kind``, all of which plan estimates."""
+    return ", ".join(str(m) for m in kind)
 
+
+_CURVATURE = ", ".join(str(m) for m in CURVATURE_METHODS)
 
 CommandOpt = Annotated[Command, typer.Option(help="The command whose run is estimated.")]
 MethodOpt = Annotated[str | None, typer.Option(
-    help=f"The command's estimator (default: its own). score, target-identify: {_estimated(Method)}; "
-         f"mislabel-detect: {_estimated(MislabelMethod)}; check: from the recipe's `checks:`. Not yet "
-         "estimated: the curvature methods (ekfac, arnoldi).",
+    help=f"The command's estimator (default: its own). score, target-identify: {_names(Method)}; "
+         f"mislabel-detect: {_names(MislabelMethod)}; check: from the recipe's `checks:`. The curvature "
+         f"methods ({_CURVATURE}) add their fit: its passes over the training set and the curvature held.",
     show_default=False)]
 BudgetMinutesOpt = Annotated[float | None, typer.Option(
     help="Time budget: over it, suggest `layers:`/`projection:` settings that fit.", show_default=False,
@@ -53,7 +55,8 @@ def plan_command(recipe: RecipeArg, command: CommandOpt = Command.SCORE, test_in
                  method: MethodOpt = None, budget_minutes: BudgetMinutesOpt = None, budget_gb: BudgetGbOpt = None,
                  fmt: FormatOpt = Format.TEXT, no_cache: NoCacheOpt = False) -> None:
     """Estimate a command's cost without running it: per layer the parameters, gradient path and per-example
-    size; the memory (test side, one batch, gradient store); the time, from one timed batch per checkpoint.
+    size; the memory (test side, one batch, gradient store; ekfac, arnoldi: the curvature); the time, from one
+    timed batch per checkpoint (ekfac, arnoldi: their curvature fit too).
     """
     from influence_cli.plan import plan
     from influence_cli.reports.plan import plan_view

@@ -10,26 +10,49 @@ batches (:mod:`influence_cli.plan.measure`), so the layer paths and sizes are th
 Notation: C checkpoints, M query (test) examples, N training examples, B the batch size, P the
 model's parameters, s the bytes of a gradient number and s′ of a score, d the bytes one example's
 weighted gradient holds: d = Σ_l d_l, with T·(d_in+q) numbers for a factor pair (ã's bias 1 is not
-stored), D_l for a dense block, k_l for a projected one. Memory:
+stored), D_l for a dense block, k_l for a projected one. The curvature methods ``ekfac`` and
+``arnoldi`` sum over C′ checkpoint terms (:func:`~influence_cli.engine.checkpoint_terms`: the final
+checkpoint, C′ = 1, unless ``curvature: {checkpoints: all}``) instead of C, and hold P g, d = s·D,
+per test example. Memory:
 
     weights  = C·P·s             every checkpoint's weights stay loaded
+    fit      = C′·F·s            ekfac, arnoldi: the curvature, held for the whole pass
     query    = C·M·d             the test gradients, held for the whole training pass
     batch    = B·d + M·B·s′      one training batch's gradients and its score block
     store    = C·N·d             on disk, with ``cache_dir`` (what the first run writes)
 
+with F = Σ_l (p_l² + q_l² + q_l·p_l) + Σ_l′ D_l′ for ``ekfac`` (Q_A, Q_S and Λ* of each factored
+layer of p inputs (+1 for a bias) and q outputs, a diagonal for the others; s the run's) and
+F = D·(I + 1) for ``arnoldi``'s Krylov basis (I iterations, the recipe's ``curvature.iterations`` or
+2 × ``eigenpairs``; s at least float32's 4 bytes; after the fit only its D·p eigenvectors stay, so
+this bounds the pass from above).
+
 Time: after one untimed warm-up batch, one timed batch per checkpoint and side (b_q ≤ B test and
 b ≤ B training examples; t_load reads the batch and moves it to the device), extrapolated:
 
+    curvature fit    C′ · ((N / b) · passes · t_batch + t_fixed)  (ekfac, arnoldi)
     test gradients   (M / b_q) · Σ_c (t_load + t_c)
     train gradients  (N / b) · (t_load + Σ_c (t_c + (M / b_q) · t_c(dot)) + (M / b_q) · t(merges))
     forward passes   (N / b) · Σ_c t_c(forward)                  (mislabel-detect's margins and losses)
     predictions      (M / b_q) · t(forward)                      (the final model's, on the test side)
 
-The training pass dominates. t(merges) merges the score block into the streaming top-k and bottom-k
-lists. Every checkpoint does the same work, so Σ_c t_c is taken as C · min_c t_c, the steadiest
-measure on shared cores. Not counted: loading the recipe (``load_seconds`` when a recipe is given)
-and writing or reading the gradient store. Over a budget, :class:`Suggestion` s give ``layers:`` and
-``projection: {dim: K}`` settings, each measured the same way (:mod:`influence_cli.plan.budget`).
+The curvature fit runs the fitting code of :mod:`influence_cli.curvature` on the measured batch
+(:mod:`influence_cli.plan.measure`). ``ekfac``: passes = 2, t_batch = t_load + the mean of its two
+passes' seconds on the batch (a no-grad forward drawing the labels, then the factorised gradients with
+the factor sums Σ ã ãᵀ, Σ e eᵀ; again a forward, then the gradients rotated into the eigenbases), and
+t_fixed the rest of the fit (the eigendecompositions, p³ + q³ per layer, at the real sizes).
+``arnoldi``: passes = I, t_batch = t_load + one Gauss-Newton-vector product (jvp, vjp) over the batch,
+t_fixed = I (I + 1) / 2 Gram-Schmidt steps on D numbers. The passes after the fit are measured with a
+preconditioner fitted on the batch (``ekfac``; ``arnoldi``: p unit directions, its cost being its
+shape's), t_c then includes P g.
+
+The training pass dominates, or, for ``arnoldi``, its I-pass fit. t(merges) merges the score block
+into the streaming top-k and bottom-k lists. Every checkpoint does the same work, so Σ_c t_c is taken
+as C · min_c t_c, the steadiest measure on shared cores. Not counted: loading the recipe
+(``load_seconds`` when a recipe is given) and writing or reading the gradient store (with
+``cache_dir`` a curvature fit stored by an earlier run is read back instead of fitted). Over a
+budget, :class:`Suggestion` s give ``layers:`` and ``projection: {dim: K}`` settings (no projection
+for ``ekfac``, ``arnoldi``), each measured the same way (:mod:`influence_cli.plan.budget`).
 """
 
 from __future__ import annotations
@@ -41,14 +64,14 @@ from typing import Sequence
 from influence_cli.audits.check import Need, checks_of, rules_of
 from influence_cli.engine import available_memory
 from influence_cli.errors import ParameterError
-from influence_cli.methods import CURVATURE_METHODS, DEFAULT_MISLABEL_METHOD, Method, MislabelMethod, choose
+from influence_cli.methods import DEFAULT_MISLABEL_METHOD, Method, MislabelMethod, choose
 from influence_cli.plan.budget import suggestions
 from influence_cli.plan.measure import jobs, measure
-from influence_cli.plan.results import GIB, LayerPlan, Part, Plan, Stage, Suggestion
+from influence_cli.plan.results import GIB, Fit, LayerPlan, Part, Plan, Stage, Suggestion
 from influence_cli.recipe import Recipe
 from influence_cli.session import Session
 
-__all__ = ["COMMANDS", "LayerPlan", "Part", "Plan", "Stage", "Suggestion", "plan"]
+__all__ = ["COMMANDS", "Fit", "LayerPlan", "Part", "Plan", "Stage", "Suggestion", "plan"]
 
 #: The commands :func:`plan` estimates (the CLI's names).
 COMMANDS = ("score", "mislabel-detect", "target-identify", "check")
@@ -68,8 +91,6 @@ def _method(command: str, method: str | None, test_indices: Sequence[int] | None
         chosen: Method | MislabelMethod = choose(MislabelMethod, method or DEFAULT_MISLABEL_METHOD, "method")
     else:
         chosen = choose(Method, method or (Method.GAS_L if command == "target-identify" else Method.TRACIN), "method")
-    if chosen in (*CURVATURE_METHODS, MislabelMethod.EKFAC):
-        raise ParameterError("method", f"plan does not estimate {chosen}'s curvature fit yet")
     return chosen
 
 

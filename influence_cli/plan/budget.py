@@ -4,7 +4,8 @@ plan itself on a variant of the session (same weights and data, layout and gradi
 - fewer layers (over any budget): the last L/2, L/4, ..., 1 selected layers, until one fits;
 - a projection (over the memory budget): the largest K = 2^j whose bound fits. A projected layer
   holds at most min(D_l, K) numbers per example (exact when D_l ≤ K, k_e·k_a ≤ K for factors),
-  so d ≤ s·Σ_l min(D_l, K) bounds its memory before it is measured.
+  so d ≤ s·Σ_l min(D_l, K) bounds its memory before it is measured. Not for a plan with a
+  curvature fit (``ekfac``, ``arnoldi``): they need exact gradients.
 """
 
 from __future__ import annotations
@@ -82,9 +83,11 @@ def _projection_dim(plan: Plan, itemsize: int) -> int | None:
 
 
 def suggestions(plan: Plan, session: Session, measure: Measure) -> tuple[Suggestion, ...]:
-    """Fewer layers (over any budget) and a projection (over the memory budget), measured."""
+    """Fewer layers (over any budget) and a projection (over the memory budget, not with a curvature
+    fit), measured."""
     found = [_fewer_layers(plan, session, measure)]
-    if {"memory", "store"} & set(plan.over_budget):
+    exact = any(p.fit is not None for p in plan.parts)  # ekfac, arnoldi refuse a projection
+    if {"memory", "store"} & set(plan.over_budget) and not exact:
         dim = _projection_dim(plan, session.dtype.itemsize)
         found.append(None if dim is None else _trial(plan, session, measure, {"projection": {"dim": dim}}))
     return tuple(s for s in found if s is not None)

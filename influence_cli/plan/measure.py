@@ -1,10 +1,16 @@
 """The passes a command runs (:func:`jobs`) and their cost measured on one batch per checkpoint
-(:func:`measure`), with the engine's own per-batch work (:func:`~influence_cli.engine.weighted_batch`)."""
+(:func:`measure`), with the engine's own per-batch work (:func:`~influence_cli.engine.weighted_batch`).
+
+``ekfac`` and ``arnoldi`` first fit their curvature (:func:`_fit`), measured with the fitting code of
+:mod:`influence_cli.curvature` on the one measured batch; the passes after it are measured with a
+preconditioner fitted on that batch only (never over all N, never kept in ``session.curvature``)."""
 
 from __future__ import annotations
 
+import copy
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Callable, Sequence, TypeVar
 
@@ -12,14 +18,16 @@ import torch
 
 from influence_cli.audits.check import Need, NoAttackTarget, watched_candidates, checks_of, rules_of
 from influence_cli.audits.mislabel import COMBINED_SIGNALS, last_layer_session
-from influence_cli.engine import weighted_batch
-from influence_cli.errors import InfluenceError
+from influence_cli.curvature.arnoldi import Arnoldi, gauss_newton_product
+from influence_cli.curvature.ekfac import EKFAC, KroneckerBlock, fit_ekfac
+from influence_cli.engine import checkpoint_terms, curvature_spec, weighted_batch
+from influence_cli.errors import InfluenceError, ParameterError
 from influence_cli.gradients.factorized import FactorizedGradients
 from influence_cli.gradients.factors import Factors, LayerGrads
 from influence_cli.gradients.per_example import GradientBatch, Inputs
 from influence_cli.gradients.projection import ProjectedGradients
-from influence_cli.methods import DEFAULT_MISLABEL_METHOD, DEFAULT_TARGET_K, Method, MislabelMethod
-from influence_cli.plan.results import LayerPlan, Part, Stage
+from influence_cli.methods import CURVATURE_METHODS, DEFAULT_MISLABEL_METHOD, DEFAULT_TARGET_K, Method, MislabelMethod
+from influence_cli.plan.results import Fit, LayerPlan, Part, Stage
 from influence_cli.selection import check_indices
 from influence_cli.session import Session
 from influence_cli.topk import StreamingTopK
@@ -40,16 +48,18 @@ class Job:
     gradients: bool = True               # a training gradient pass
 
 
+def _clock(session: Session) -> float:
+    """Wall seconds (``perf_counter``) once the queued CUDA work is done, so that an interval is the work's."""
+    if session.device.type == "cuda":
+        torch.cuda.synchronize(session.device)
+    return time.perf_counter()
+
+
 def _timed(session: Session, fn: Callable[[], T]) -> tuple[T, float]:
-    """``fn()`` and its wall seconds; on CUDA the queued work is waited for, so the time is the work's."""
-    cuda = session.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(session.device)
-    start = time.perf_counter()
+    """``fn()`` and its wall seconds."""
+    start = _clock(session)
     out = fn()
-    if cuda:
-        torch.cuda.synchronize(session.device)
-    return out, time.perf_counter() - start
+    return out, _clock(session) - start
 
 
 def per_example(batch: GradientBatch) -> list[tuple[int, int]]:
@@ -83,9 +93,14 @@ def _total(times: list[float]) -> float:
     return len(times) * min(times)
 
 
+def _terms(job: Job) -> list[int]:
+    """The checkpoints the method's gradient passes sum over (``ekfac``, ``arnoldi``: the final one)."""
+    return [c for c, _ in checkpoint_terms(job.session, job.method)]
+
+
 def _query_side(job: Job) -> tuple[list[GradientBatch], list[Stage]]:
-    """The first test batch's weighted gradients at every checkpoint, and the test side's stages."""
-    s, queries = job.session, job.queries
+    """The first test batch's weighted gradients at every checkpoint term, and the test side's stages."""
+    s, queries, terms = job.session, job.queries, _terms(job)
     assert s.test is not None and queries is not None
     m, idx = len(queries), queries[:s.recipe.batch_size]
     stages = []
@@ -95,10 +110,10 @@ def _query_side(job: Job) -> tuple[list[GradientBatch], list[Stage]]:
     else:
         labels = s.test.labels[idx]
     (x, y), load = _timed(s, lambda: s.to_device(s.test.batch(idx)[0], labels))
-    weighted_batch(s, job.method, 0, x, y)  # warm-up
-    timed = [_timed(s, partial(weighted_batch, s, job.method, c, x, y)) for c in range(len(s.weights))]
+    weighted_batch(s, job.method, terms[0], x, y)  # warm-up
+    timed = [_timed(s, partial(weighted_batch, s, job.method, c, x, y)) for c in terms]
     secs = _total([load + t for _, t in timed])  # the engine reads the batch again at every checkpoint
-    stages.append(Stage("test gradients", m, len(s.weights), secs * m / len(idx)))
+    stages.append(Stage("test gradients", m, len(terms), secs * m / len(idx)))
     return [f[0] for f, _ in timed], stages
 
 
@@ -113,44 +128,168 @@ def _merges(session: Session, block: torch.Tensor) -> float:
 
 def _train_side(job: Job, x: Inputs, y: torch.Tensor, queries: list[GradientBatch]) -> tuple[GradientBatch, float]:
     """The last checkpoint's weighted gradients of the batch (x, y), and the seconds of one training
-    batch at all checkpoints without its reading: Σ_c (t_c + (M / b_q) · t_c(dot)) + (M / b_q) · t(merges)."""
+    batch at all checkpoint terms without its reading: Σ_c (t_c + (M / b_q) · t_c(dot)) + (M / b_q) · t(merges)."""
     s, m = job.session, 0 if job.queries is None else len(job.queries)
-    weighted_batch(s, job.method, 0, x, y)  # warm-up: first-call costs are not the steady rate
+    terms = _terms(job)
+    weighted_batch(s, job.method, terms[0], x, y)  # warm-up: first-call costs are not the steady rate
     grads, dots = [], []
-    for c in range(len(s.weights)):  # one checkpoint's gradients at a time, as in the engine
+    for j, c in enumerate(terms):  # one checkpoint's gradients at a time, as in the engine
         (feats, *_), t = _timed(s, partial(weighted_batch, s, job.method, c, x, y))
         grads.append(t)
         if queries:
-            block, t = _timed(s, partial(queries[c].dot, feats))
+            block, t = _timed(s, partial(queries[j].dot, feats))
             dots.append(t)
     if not queries:
         return feats, _total(grads)
     return feats, _total(grads) + (_total(dots) + _merges(s, block.to(s.score_dtype))) * m / len(queries[0])
 
 
+#: Times a fit's work on the measured batch is run; each part's least time is taken (the first run
+#: pays the first-call costs, like the warm-up batch of the other passes).
+FIT_RUNS = 2
+
+
+class _OneBatch:
+    """``batches()`` for a fit on one batch: every call (a pass of the fit) yields ``item`` once and
+    records the pass's seconds on it in ``spans``, from the yield to the fit's next request."""
+
+    def __init__(self, session: Session, item: object) -> None:
+        self.session, self.item, self.spans = session, item, []
+
+    def __call__(self) -> Iterator[object]:
+        start = _clock(self.session)
+        yield self.item
+        self.spans.append(_clock(self.session) - start)
+
+
+class _Fitted(dict):  # type: ignore[type-arg]
+    """``session.curvature`` while measuring: every key holds the one-batch fit, so the engine's
+    :func:`~influence_cli.engine.curvature` neither fits over all N nor keeps anything."""
+
+    def __init__(self, fit: EKFAC | Arnoldi) -> None:
+        super().__init__()
+        self.fit = fit
+
+    def __contains__(self, key: object) -> bool:
+        return True
+
+    def __getitem__(self, key: object) -> EKFAC | Arnoldi:
+        return self.fit
+
+
+def _ekfac_fit(s: Session, x: Inputs, y: torch.Tensor, load: float, terms: int,
+               weights: dict[str, torch.Tensor]) -> tuple[Fit, EKFAC]:
+    """:func:`~influence_cli.curvature.ekfac.fit_ekfac` on the batch, :data:`FIT_RUNS` times: its passes
+    timed one by one (:class:`_OneBatch`); the rest (eigendecompositions of the factors, the damping) is
+    per term. Holds p² + q² + q·p numbers per factored layer (Q_A, Q_S, Λ*), D_l per diagonal one."""
+    if not s.is_classifier:
+        raise ParameterError("method", f"ekfac samples labels from the model's softmax and needs a "
+                                       f"classification loss, not {s.recipe.loss!r}")
+    spec = curvature_spec(s)
+    fit = partial(fit_ekfac, s.model, weights, s.layout, s.loss_fn, damping=spec.damping, seed=spec.seed)
+    item = (0, x)  # the batch and its first training index (which seeds its sampled labels)
+    runs = []
+    for _ in range(FIT_RUNS):
+        one = _OneBatch(s, item)
+        pre, total = _timed(s, partial(fit, one))
+        runs.append((one.spans, total - sum(one.spans)))
+    passes = len(runs[0][0])
+    spans = [min(r[0][i] for r in runs) for i in range(passes)]  # each pass's steadiest time
+    fixed = min(rest for _, rest in runs)
+    numbers = sum(b.qa.numel() + b.qs.numel() + b.eigenvalues.numel() if isinstance(b, KroneckerBlock)
+                  else b.eigenvalues.numel() for b in pre.blocks)
+    return Fit(str(Method.EKFAC), terms, len(s.train), len(y), passes, load + sum(spans) / passes, fixed,
+               numbers, s.dtype.itemsize, "Σ_l (p_l² + q_l² + q_l·p_l) + Σ_l′ D_l′"), pre
+
+
+#: Gram-Schmidt steps timed (then divided) for arnoldi's orthogonalisation.
+GRAM_SCHMIDT_STEPS = 8
+
+
+def _gram_schmidt_step(s: Session, v: torch.Tensor) -> float:
+    """Seconds of one step of :func:`~influence_cli.curvature.arnoldi.arnoldi`'s orthogonalisation
+    (h_jk = b_jᵀw, w ← w − h_jk b_j) on D numbers, timed over :data:`GRAM_SCHMIDT_STEPS` steps."""
+    b = v / v.norm()
+    h = v.new_zeros(GRAM_SCHMIDT_STEPS)
+
+    def steps() -> torch.Tensor:
+        w = v
+        for j in range(GRAM_SCHMIDT_STEPS):
+            h[j] = b @ w
+            w = w - h[j] * b
+        return w
+
+    steps()  # warm-up
+    return _timed(s, steps)[1] / GRAM_SCHMIDT_STEPS
+
+
+def _arnoldi_fit(s: Session, x: Inputs, y: torch.Tensor, load: float, terms: int,
+                 weights: dict[str, torch.Tensor]) -> tuple[Fit, Arnoldi]:
+    """One Gauss-Newton-vector product (:func:`~influence_cli.curvature.arnoldi.gauss_newton_product`)
+    over the batch, timed (the least of :data:`FIT_RUNS`): ``iterations`` passes of it; the Gram-Schmidt
+    of iteration k has k + 1 steps, iterations · (iterations + 1) / 2 in all, per term. Holds the Krylov
+    basis, D · (iterations + 1) numbers in at least float32. The preconditioner to measure with:
+    p = min(eigenpairs, iterations) unit-norm directions (its cost is its shape's, D × p; a fit on one
+    batch may keep fewer)."""
+    spec = curvature_spec(s)
+    iterations = spec.iterations or 2 * spec.eigenpairs
+    dtype = torch.promote_types(s.dtype, torch.float32)
+    d, gen = s.layout.dim, torch.Generator().manual_seed(spec.seed)
+    v = torch.randn(d, generator=gen, dtype=torch.float64).to(s.device, dtype)
+    product = gauss_newton_product(s.model, weights, s.layout, s.loss_fn, lambda: iter([(x, y)]), len(y))
+    secs = min(_timed(s, partial(product, v))[1] for _ in range(FIT_RUNS))
+    fixed = iterations * (iterations + 1) / 2 * _gram_schmidt_step(s, v)
+    p = min(spec.eigenpairs, iterations)
+    vectors = torch.randn(d, p, generator=gen, dtype=torch.float64).to(s.device, dtype)
+    pre = Arnoldi(torch.ones(p, device=s.device, dtype=dtype), vectors / vectors.norm(dim=0), s.layout)
+    return Fit(str(Method.ARNOLDI), terms, len(s.train), len(y), iterations, load + secs, fixed,
+               d * (iterations + 1), dtype.itemsize, "D·(iterations + 1)"), pre
+
+
+def _fit(job: Job, x: Inputs, y: torch.Tensor, load: float) -> tuple[Fit, Job]:
+    """The curvature fit of ``ekfac``/``arnoldi`` measured on the batch (x, y) (read in ``load``
+    seconds), and the job measuring with its one-batch preconditioner."""
+    s, terms = job.session, _terms(job)
+    if s.recipe.projection is not None:
+        raise ParameterError("method", f"{job.method} needs exact gradients; remove `projection` from the recipe")
+    weights = s.weights[terms[-1]]  # every term's fit does the same work
+    if job.method is Method.ARNOLDI:
+        fit, pre = _arnoldi_fit(s, x, y, load, len(terms), weights)
+    else:
+        fit, pre = _ekfac_fit(s, x, y, load, len(terms), weights)
+    measuring = copy.copy(s)
+    measuring.curvature = _Fitted(pre)
+    return fit, replace(job, session=measuring)
+
+
 def measure(job: Job) -> Part:
-    """Time one batch per checkpoint and side, after a warm-up batch, and read the sizes off them."""
+    """Time one batch per checkpoint term and side, after a warm-up batch, and read the sizes off them
+    (``ekfac``, ``arnoldi``: after the curvature fit, :func:`_fit`)."""
     s = job.session
-    c_count, n = len(s.weights), len(s.train)
+    c_count, n, terms = len(s.weights), len(s.train), len(_terms(job))
     idx = torch.arange(min(s.recipe.batch_size, n))
     (x, y), load = _timed(s, lambda: s.to_device(*s.train.batch(idx)))
     stages = []
     if job.forward:
         secs = _total([_timed(s, partial(s.outputs, s.train, idx, c))[1] for c in range(c_count)])
         stages.append(Stage("forward passes", n, c_count, secs * n / len(idx)))
-    part = partial(Part, job.label, str(job.method), checkpoints=c_count, train=n, batch=len(idx),
+    part = partial(Part, job.label, str(job.method), checkpoints=terms, train=n, batch=len(idx),
                    score_itemsize=s.score_dtype.itemsize)
     if not job.gradients:
         return part(layers=(), queries=0, query_example_bytes=0, stored=False, stages=tuple(stages))
+    fit = None
+    if job.method in CURVATURE_METHODS:
+        fit, job = _fit(job, x, y, load)
+        stages.append(Stage("curvature fit", n, terms, fit.seconds, fit.passes))
     queries: list[GradientBatch] = []
     if job.queries is not None:
         queries, query_stages = _query_side(job)
         stages += query_stages
     feats, secs = _train_side(job, x, y, queries)
-    stages.append(Stage("train gradients", n, c_count, (load + secs) * n / len(idx)))
+    stages.append(Stage("train gradients", n, terms, (load + secs) * n / len(idx)))
     return part(layers=_layers(s, feats), queries=0 if job.queries is None else len(job.queries),
                 query_example_bytes=sum(b for _, b in per_example(queries[0])) if queries else 0,
-                stored=s.store is not None, stages=tuple(stages))
+                stored=s.store is not None, stages=tuple(stages), fit=fit)
 
 
 def _queries(session: Session, test_indices: Sequence[int] | None) -> torch.Tensor:
@@ -162,9 +301,13 @@ def _queries(session: Session, test_indices: Sequence[int] | None) -> torch.Tens
 
 def _mislabel_job(session: Session, method: MislabelMethod) -> Job:
     """Forward passes for the margins and losses, and the self-influence pass ``method`` needs:
-    all layers for ``tracin``, the last layer for ``tracin-last``, none otherwise (``combined``: none)."""
+    all layers for ``tracin`` and the curvature methods (``ekfac``: gᵀPg after its fit), the last
+    layer for ``tracin-last``, none otherwise (``combined``: none)."""
     signals = set(COMBINED_SIGNALS) if method is MislabelMethod.COMBINED else {method}
     label = f"mislabel-detect ({method})"
+    curvature = sorted(m.value for m in signals if m.value in {c.value for c in CURVATURE_METHODS})
+    if curvature:
+        return Job(label, session, Method(curvature[0]), forward=True)
     if MislabelMethod.TRACIN in signals:
         return Job(label, session, Method.TRACIN, forward=True)
     if MislabelMethod.TRACIN_LAST in signals:

@@ -27,12 +27,44 @@ class LayerPlan:
 
 @dataclass(frozen=True)
 class Stage:
-    """One pass of the run over ``examples`` × ``checkpoints``, estimated to take ``seconds``."""
+    """``passes`` passes of the run over ``examples`` × ``checkpoints``, estimated to take ``seconds``."""
 
     name: str
     examples: int
     checkpoints: int
     seconds: float
+    passes: int = 1
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The curvature fit of ``ekfac`` or ``arnoldi``: ``passes`` passes over the N training examples
+    at each of the C′ checkpoint terms, measured on one batch of b, and the ``numbers`` it holds per
+    term (``memory``: their formula), each of ``itemsize`` bytes."""
+
+    method: str
+    terms: int             # C′ (the final checkpoint only: 1)
+    train: int             # N
+    batch: int             # b
+    passes: int            # ekfac: 2; arnoldi: its iterations
+    batch_seconds: float   # one batch in one pass, its reading included (ekfac: the mean of its two passes)
+    fixed_seconds: float   # per term, outside the passes (ekfac: eigendecompositions; arnoldi: Gram-Schmidt)
+    numbers: int           # held per term
+    itemsize: int          # s (arnoldi: at least float32's 4)
+    memory: str            # the formula of ``numbers``
+
+    @property
+    def seconds(self) -> float:
+        """C′ · ((N / b) · passes · t_batch + t_fixed)."""
+        return self.terms * (self.train / self.batch * self.passes * self.batch_seconds + self.fixed_seconds)
+
+    @property
+    def bytes(self) -> int:
+        """C′ · numbers · s."""
+        return self.terms * self.numbers * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "seconds": self.seconds, "bytes": self.bytes}
 
 
 @dataclass(frozen=True)
@@ -50,6 +82,7 @@ class Part:
     score_itemsize: int              # s′
     stored: bool                     # the training gradients go to the store (cache_dir)
     stages: tuple[Stage, ...]
+    fit: Fit | None = None           # ekfac, arnoldi: the curvature fit (its time is the stage "curvature fit")
 
     @property
     def example_bytes(self) -> int:
@@ -67,6 +100,16 @@ class Part:
         return self.batch * self.example_bytes + self.queries * self.batch * self.score_itemsize
 
     @property
+    def fit_bytes(self) -> int:
+        """The curvature fit's C′ · numbers · s (0 without one): held through the whole pass."""
+        return 0 if self.fit is None else self.fit.bytes
+
+    @property
+    def memory_bytes(self) -> int:
+        """fit + query + batch: what the pass holds besides the weights."""
+        return self.fit_bytes + self.query_bytes + self.batch_bytes
+
+    @property
     def store_bytes(self) -> int:
         """C·N·d with a store, else 0."""
         return self.checkpoints * self.train * self.example_bytes if self.stored else 0
@@ -76,8 +119,9 @@ class Part:
         return sum(s.seconds for s in self.stages)
 
     def to_dict(self) -> dict[str, Any]:
-        totals = ("example_bytes", "query_bytes", "batch_bytes", "store_bytes", "seconds")
-        return {**asdict(self), **{k: getattr(self, k) for k in totals}}
+        totals = ("example_bytes", "query_bytes", "batch_bytes", "fit_bytes", "store_bytes", "seconds")
+        return {**asdict(self), **{k: getattr(self, k) for k in totals},
+                "fit": None if self.fit is None else self.fit.to_dict()}
 
 
 @dataclass(frozen=True)
@@ -126,8 +170,8 @@ class Plan:
 
     @property
     def memory_bytes(self) -> int:
-        """weights + the largest query + batch of the passes (they run one after another)."""
-        return self.weights_bytes + max((p.query_bytes + p.batch_bytes for p in self.parts), default=0)
+        """weights + the largest fit + query + batch of the passes (they run one after another)."""
+        return self.weights_bytes + max((p.memory_bytes for p in self.parts), default=0)
 
     @property
     def store_bytes(self) -> int:

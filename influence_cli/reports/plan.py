@@ -1,6 +1,7 @@
 """What ``influence-cli plan`` prints: per gradient pass a table of the selected layers (parameters, the
 path of their per-example gradients, what one example holds), the memory and time estimates with their
-formulas, and, over a budget, the suggested recipe settings as YAML to paste."""
+formulas (``ekfac``, ``arnoldi``: their curvature fit's too), and, over a budget, the suggested recipe
+settings as YAML to paste."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from influence_cli.plan import Part, Plan, Suggestion
+from influence_cli.plan import Fit, Part, Plan, Suggestion
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB")
 
@@ -51,6 +52,10 @@ def memory_table(plan: Plan) -> Table:
     table.add_row("weights", "C·P·s", size(plan.weights_bytes))
     for part in (p for p in plan.parts if p.layers):
         prefix = f"{part.label}: " if len(plan.parts) > 1 else ""
+        if part.fit is not None:
+            fit = part.fit
+            formula = f"C′·({fit.memory})·s = {fit.terms} × {fit.numbers:,} × {fit.itemsize} B"
+            table.add_row(f"{prefix}curvature ({fit.method})", formula, size(fit.bytes))
         if part.queries:
             table.add_row(f"{prefix}test side", f"C·M·d = {part.checkpoints} × {part.queries:,} × "
                           f"{size(part.query_example_bytes)}", size(part.query_bytes))
@@ -58,7 +63,8 @@ def memory_table(plan: Plan) -> Table:
                       f"{part.queries:,} × {part.batch} × {part.score_itemsize} B", size(part.batch_bytes))
     free = "" if plan.available_bytes is None else f" of {size(plan.available_bytes)} free"
     table.add_section()
-    table.add_row("in memory", "weights + test side + batch", size(plan.memory_bytes) + free)
+    curvature = "curvature + " if any(p.fit for p in plan.parts) else ""
+    table.add_row("in memory", f"weights + {curvature}test side + batch", size(plan.memory_bytes) + free)
     stored = [p for p in plan.parts if p.stored]
     for part in stored:
         table.add_row("gradient store (disk)", f"C·N·d = {part.checkpoints} × {part.train:,} × "
@@ -76,12 +82,22 @@ def time_table(plan: Plan) -> Table:
     for part in plan.parts:
         prefix = f"{part.label}: " if len(plan.parts) > 1 else ""
         for stage in part.stages:
-            table.add_row(prefix + stage.name, f"{stage.examples:,} × {stage.checkpoints}", duration(stage.seconds))
+            passes = f"{stage.passes} passes × " if stage.passes > 1 else ""
+            table.add_row(prefix + stage.name, f"{passes}{stage.examples:,} × {stage.checkpoints}",
+                          duration(stage.seconds))
     table.add_section()
     table.add_row("total", "", duration(plan.seconds))
     if plan.load_seconds is not None:
         table.add_row("(loading the recipe, measured)", "", duration(plan.load_seconds))
     return table
+
+
+def fit_formula(fit: Fit) -> str:
+    """The curvature fit's time: C′·((N/b)·passes·t_batch + t_fixed), with the measured numbers."""
+    fixed = "eigendecompositions" if fit.method == "ekfac" else "Gram-Schmidt"
+    return (f"curvature fit ({fit.method}): C′·((N / b)·passes·t_batch + t_{fixed}) = {fit.terms} × "
+            f"({fit.train:,} / {fit.batch} × {fit.passes} × {fit.batch_seconds:.3g} s + {fit.fixed_seconds:.3g} s) = "
+            f"{duration(fit.seconds)}")
 
 
 def _budget(plan: Plan) -> str:
@@ -106,6 +122,7 @@ def plan_view(plan: Plan) -> RenderableType:
                 f"{plan.device}, {plan.dtype}")
     parts: list[RenderableType] = [head, *(layers_table(p) for p in plan.parts if p.layers),
                                    memory_table(plan), time_table(plan)]
+    parts += [Text(fit_formula(p.fit)) for p in plan.parts if p.fit is not None]
     if plan.budget_seconds is not None or plan.budget_bytes is not None:
         parts.append(Text(_budget(plan), style="bold red" if plan.over_budget else "bold green"))
     if plan.suggestions:
