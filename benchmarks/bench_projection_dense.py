@@ -3,26 +3,31 @@
 Settings as in ``bench_projection.py`` (``bench_common``: MLP 100-256-256-10 on the 10-class
 Gaussian mixture, and the Conv2d+BatchNorm CNN; all layers, 3 checkpoints, η = 0.05, TracIn).
 For each target total T the library's per-layer ``projection: {dim: K}`` is set to the largest K
-whose total Σ_l k_l (Kronecker k_e·k_a on Linear/Conv2d, K on other layers, D_l for layers kept
-exact) is ≤ T; the dense baselines then get exactly that total d = Σ_l k_l:
+whose total Σ_l k_l (k_l = min(D_l, K): every projected layer gets exactly K numbers, a layer with
+D_l ≤ K stays exact) is ≤ T; the dense baselines then get exactly that total d = Σ_l k_l:
 
-- ``library``: ``score`` with ``projection: {dim: K, seed: 0}`` (the shipped code, unchanged);
+- ``library``: ``score`` with ``projection: {dim: K, seed}`` (the shipped code, unchanged; per layer
+  a TensorSketch of the factors or a CountSketch, see ``influence_cli.gradients.projection``);
 - ``dense JL``: x ↦ G x / √d on the full flat per-example gradient x ∈ ℝ^D, G ~ N(0, 1)^{d×D}
   drawn in seeded row chunks (same G at every checkpoint and for both sides), never held whole;
-- ``dense per-layer``: the same Gaussian map per layer with the library's k_l (separates the
-  sketch type from the library's split of d across layers);
-- ``CountSketch per layer``: the library's own ``_CountSketch`` (sparse JL) applied to each
-  layer's materialised flat gradient with the library's k_l (what item 3 suggests for flat
-  gradients: each coordinate to one of k_l buckets with a random sign).
+- ``dattri``: with ``--dattri`` and dattri importable, dattri's CPU projector
+  (``dattri.func.projection.BasicProjector``, Gaussian, block_size 100: a dense map regenerated in
+  blocks at every call) on the same flat gradients at the same d — the speed reference of item 3
+  ("≥ 10× faster than dattri's projector");
+- with ``--per-layer``: ``dense per-layer`` (the same Gaussian map per layer with the library's
+  k_l, which separates the sketch type from the split of d across layers) and ``CountSketch per
+  layer`` (an independent ``_CountSketch`` per layer on the materialised flat gradient).
 
 Metrics against exact TracIn (``score`` without projection): Spearman correlation of each test
 example's N scores with the exact ones, and |top10 ∩ top10_exact| / 10, both averaged over the M
 test examples. Time: ``library`` = CPU seconds spent inside ``ProjectedGradients.project``
-(wrapped here, nothing changed; the Kronecker products include the per-example outer-product
-contraction that replaces forming G) and the wall seconds of the whole ``score``; dense = CPU
+(wrapped here, nothing changed; it includes forming G where the library materialises it) and the
+wall seconds of the whole ``score``; dense and dattri = CPU
 seconds of drawing G and the products (the flat per-example gradients they need are computed once
-per checkpoint with ``torch.func`` and timed separately).
-Run: ``python benchmarks/bench_projection_dense.py [--kinds mlp cnn --totals 512 1536 4096]``.
+per checkpoint with ``torch.func`` and timed separately). A last table prints library − dense JL
+(Spearman, top-10) and the CPU-time ratios dense/library and dattri/library.
+Run: ``python benchmarks/bench_projection_dense.py [--seed S --kinds mlp cnn --totals 512 1536 4096
+--dattri --per-layer]``.
 """
 
 from __future__ import annotations
@@ -75,18 +80,8 @@ def layer_shapes(model: nn.Module) -> list[tuple[str, int, int, int]]:
 
 
 def library_sizes(shapes: list[tuple[str, int, int, int]], k: int) -> list[int]:
-    """k_l per layer as ``ProjectedGradients._map`` chooses them (checked against its layout below)."""
-    sizes = []
-    for kind, d, p, q in shapes:
-        if kind == "factor":
-            if p * q <= k:
-                sizes.append(p * q)
-            else:
-                ka, ke = proj_mod._shares(p, q, k)
-                sizes.append(min(ka, p) * min(ke, q))
-        else:
-            sizes.append(min(d, k))
-    return sizes
+    """k_l = min(D_l, K) per layer, as ``ProjectedGradients._map`` chooses them (checked against its layout below)."""
+    return [min(d, k) for _, d, _, _ in shapes]
 
 
 def per_example_grads(kind: str, ckpt: Path, x: torch.Tensor, y: torch.Tensor, batch: int = 250) -> torch.Tensor:
@@ -128,7 +123,16 @@ def main() -> None:
     parser.add_argument("--totals", type=int, nargs="+", default=[512, 1536, 4096])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dattri", action="store_true", help="also time dattri's BasicProjector (if importable)")
+    parser.add_argument("--per-layer", action="store_true", help="also the per-layer dense / CountSketch baselines")
     args = parser.parse_args()
+    basic_projector = None
+    if args.dattri:
+        try:
+            from dattri.func.projection import BasicProjector, ProjectionType
+            basic_projector = (BasicProjector, ProjectionType)
+        except ImportError:
+            print("(dattri not importable: no dattri rows; dense JL is the same dense Gaussian map)")
     torch.set_num_threads(args.threads)
 
     # Time the library's projection without changing it: wrap ProjectedGradients.project here.
@@ -148,6 +152,7 @@ def main() -> None:
 
     print("| model | method | per-layer K | total dim d | Spearman | top-10 overlap | projection CPU s | score wall s |")
     print("|---|---|---|---|---|---|---|---|")
+    summary: list[str] = []
     for kind in args.kinds:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -168,6 +173,7 @@ def main() -> None:
                 if best is not None and best not in plans:
                     plans.append(best)
 
+            lib: dict[int, tuple[float, float, float]] = {}
             for k, sizes in plans:
                 rec = write_recipe(folder, kind, ckpts, 0.05, name=f"k{k}.yaml",
                                    projection={"dim": k, "seed": args.seed})
@@ -175,15 +181,20 @@ def main() -> None:
                 with timed(r, "lib"):
                     got = score(load_recipe(rec), k=10, keep_matrix=True).matrix
                 assert tuple(seen["sizes"]) == tuple(sizes), (seen["sizes"], sizes)
+                lib[k] = (spearman_rows(got, exact), overlap(got, exact), spent["cpu"])
                 print(f"| {kind} | library ({'/'.join(sorted(set(seen['paths'])))}) | {k} | {sum(sizes)} | "
-                      f"{spearman_rows(got, exact):.3f} | {overlap(got, exact):.2f} | {spent['cpu']:.2f} | "
-                      f"{r['lib']:.2f} |", flush=True)
+                      f"{lib[k][0]:.3f} | {lib[k][1]:.2f} | {spent['cpu']:.2f} | {r['lib']:.2f} |", flush=True)
 
             # Dense baselines on the full flat per-example gradients.
             train, test = torch.load(folder / "train.pt"), torch.load(folder / "test.pt")
             acc = {("dense", k): torch.zeros(args.n_test, args.n_train) for k, _ in plans}
-            acc.update({("layer", k): torch.zeros(args.n_test, args.n_train) for k, _ in plans})
-            acc.update({("cs", k): torch.zeros(args.n_test, args.n_train) for k, _ in plans})
+            if args.per_layer:
+                acc.update({("layer", k): torch.zeros(args.n_test, args.n_train) for k, _ in plans})
+                acc.update({("cs", k): torch.zeros(args.n_test, args.n_train) for k, _ in plans})
+            if basic_projector is not None:
+                acc.update({("dattri", k): torch.zeros(args.n_test, args.n_train) for k, _ in plans})
+                projectors = {k: basic_projector[0](total_d, sum(sizes), args.seed, basic_projector[1].normal,
+                                                    torch.device("cpu")) for k, sizes in plans}
             sketches = {}
             for k, sizes in plans:
                 for l, s in enumerate(shapes):
@@ -209,6 +220,13 @@ def main() -> None:
                     y = dense_project(gx, d, args.seed)
                     acc[("dense", k)] += 0.05 * (y[:m] @ y[m:].T)
                     secs[("dense", k)] += time.process_time() - t
+                    if basic_projector is not None:
+                        t = time.process_time()
+                        y = projectors[k].project(gx, ensemble_id=0)
+                        acc[("dattri", k)] += 0.05 * (y[:m] @ y[m:].T)
+                        secs[("dattri", k)] += time.process_time() - t
+                    if not args.per_layer:
+                        continue
                     t = time.process_time()
                     parts = []
                     for l, (a, b) in enumerate(pairwise(bounds)):
@@ -227,11 +245,23 @@ def main() -> None:
                   f"{spearman_rows(exact_mine, exact):.4f} | {overlap(exact_mine, exact):.2f} | "
                   f"grads {grad_s:.2f} | – |", flush=True)
             for k, sizes in plans:
-                for method, label in (("dense", "dense JL (flat)"), ("layer", "dense JL per layer"),
-                                      ("cs", "CountSketch per layer")):
+                for method, label in (("dense", "dense JL (flat)"), ("dattri", "dattri BasicProjector"),
+                                      ("layer", "dense JL per layer"), ("cs", "CountSketch per layer")):
+                    if (method, k) not in acc:
+                        continue
                     got = acc[(method, k)]
                     print(f"| {kind} | {label} | {k} | {sum(sizes)} | {spearman_rows(got, exact):.3f} | "
                           f"{overlap(got, exact):.2f} | {secs[(method, k)]:.2f} | – |", flush=True)
+                dense = acc[("dense", k)]
+                ds, do = spearman_rows(dense, exact), overlap(dense, exact)
+                ratio = lambda key: (f"{secs[key] / max(lib[k][2], 1e-9):.0f}×"  # noqa: E731
+                                     if key in secs else "–")
+                summary.append(f"| {kind} | {sum(sizes)} | {lib[k][0] - ds:+.3f} | {lib[k][1] - do:+.2f} | "
+                               f"{ratio(('dense', k))} | {ratio(('dattri', k))} |")
+    print("\n| model | d | Spearman library − dense JL | top-10 library − dense JL | dense CPU / library | "
+          "dattri CPU / library |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(summary))
 
 
 if __name__ == "__main__":

@@ -194,12 +194,13 @@ def test_every_path_reports_the_engines_sizes(tiny_recipe, settings, paths):
     assert part.query_bytes == sum(nbytes(f) for f in query.per_checkpoint)
 
 
-def test_a_projected_factor_layer_can_hold_less_than_k(tiny_recipe):
-    """fc (16 → 3, p = 17, q = 3) at K = 8: k_a = 2 and q = 3 < k_e, so 6 numbers; the plan reads them off
-    the engine's output instead of assuming K."""
+def test_projected_layers_hold_k_numbers_as_the_engine_says(tiny_recipe):
+    """fc (16 → 3, p = 17, q = 3: 51 > K = 8) and conv are sketched to exactly K = 8 numbers each, the
+    BatchNorm's 8 parameters stay exact; the plan reads the sizes off the engine's output."""
     run = tiny_recipe("cnn", n_train=4, n_test=2, projection={"dim": 8})
     layers = {x.name: x for x in plan(load_recipe(run.recipe_path)).parts[0].layers}
-    assert layers["fc"].numbers == 6 and layers["conv"].numbers == 8
+    assert (layers["fc"].numbers, layers["conv"].numbers, layers["bn"].numbers) == (8, 8, 8)
+    assert (layers["fc"].projection, layers["bn"].projection) == ("TensorSketch", "exact")
 
 
 def test_stages_follow_the_commands_passes(tiny_recipe):

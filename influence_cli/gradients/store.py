@@ -49,8 +49,10 @@ from influence_cli.errors import GradientError, RecipeError, first_line
 from influence_cli.gradients.factors import Factors, LayerGrads
 from influence_cli.gradients.layers import ParamLayout
 from influence_cli.gradients.per_example import FlatGrads, GradientBatch
+
 from influence_cli.loading.inputs import code_inputs, content_digest, data_inputs
 from influence_cli.recipe import Recipe
+from influence_cli.recipe.schema import SKETCH_VERSION
 
 FORMAT_VERSION = 2  # 2: every shard carries its checksum
 
@@ -118,7 +120,8 @@ def store_key(recipe: Recipe) -> dict[str, Any]:
     files = {i.what: content_digest(i) for i in data_inputs(recipe, recipe.data.train, "training") + code_inputs(recipe)}
     return {"model": model, "train": train, "train_files": files,
             "loss": recipe.loss, "layers": recipe.layers, "factorize": recipe.factorize, "dtype": recipe.dtype,
-            "projection": None if recipe.projection is None else recipe.projection.model_dump(mode="json")}
+            "projection": None if recipe.projection is None else {**recipe.projection.model_dump(mode="json"),
+                                                                   "sketch": SKETCH_VERSION}}
 
 
 class GradientStore:

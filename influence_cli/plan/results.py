@@ -14,7 +14,7 @@ GIB = 2**30
 @dataclass(frozen=True)
 class LayerPlan:
     """One selected layer: D_l parameters, how its per-example gradient is computed (``path``; then
-    ``projection``: ``Kronecker``, ``CountSketch`` or ``exact``, ``None`` without one) and what one
+    ``projection``: ``TensorSketch``, ``CountSketch`` or ``exact``, ``None`` without one) and what one
     example holds (``numbers``, ``bytes``)."""
 
     name: str

@@ -213,6 +213,13 @@ class DataSpec(Section):
                                                        "not name its classes (tensors, factory)")
 
 
+#: The family of maps :mod:`influence_cli.gradients.projection` implements for ``projection: {dim, seed}``
+#: (1: Kronecker P_e ⊗ P_a + CountSketch; 2: CountSketch / TensorSketch to K per layer). Stores and
+#: result fingerprints that identify a projection by its settings include it, so gradients projected by
+#: an earlier sketch are never reused.
+SKETCH_VERSION = 2
+
+
 class ProjectionSpec(Section):
     """Seeded random projection of each layer's gradient block to ``dim`` numbers (layers with at
     most ``dim`` parameters stay exact); see :mod:`influence_cli.gradients.projection`."""

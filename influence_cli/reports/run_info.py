@@ -33,6 +33,7 @@ from influence_cli.files import folder_lock, write_json
 from influence_cli.loading.inputs import content_digest, recipe_inputs
 from influence_cli.progress import TaskTiming
 from influence_cli.recipe import Recipe, parse_recipe
+from influence_cli.recipe.schema import SKETCH_VERSION
 from influence_cli.version import __version__
 
 RUN_FILE = "run.json"
@@ -107,7 +108,7 @@ def git_sha(folder: Path) -> str | None:
 
 #: recipe keys that change results; the others only say how or where to compute (batch_size,
 #: device, tf32, factorize (exact either way), memory_gb, cache_dir, output, trust_checkpoints, checks)
-RESULT_KEYS = ("model", "checkpoints", "data", "loss", "layers", "projection", "dtype")
+RESULT_KEYS = ("model", "checkpoints", "data", "loss", "layers", "projection", "dtype", "curvature")
 
 #: every file a command may write into its output folder
 REPORT_FILES = ("influence.json", "influence.csv", "scores.safetensors", "mislabels.json", "mislabels.csv",
@@ -123,6 +124,8 @@ def fingerprint(recipe: Recipe) -> dict[str, Any]:
     and folders, model/data/loss code). Checkpoint hashes are recorded beside it (``checkpoints``)."""
     data = recipe.to_dict()
     items = [i for i in recipe_inputs(recipe) if i.what not in ("the recipe", "a checkpoint", "the baseline")]
+    if data.get("projection") is not None:  # the sketch family too: gradients projected otherwise differ
+        data["projection"] = {**data["projection"], "sketch": SKETCH_VERSION}
     return {"recipe": {k: _sha256(json.dumps(data.get(k), sort_keys=True)) for k in RESULT_KEYS},
             "files": {i.what: content_digest(i) for i in items}}
 
@@ -137,7 +140,8 @@ def other_run(out: Path, recipe: Recipe) -> str | None:
     now = fingerprint(recipe)
     if None in now["files"].values():
         return None
-    keys = [k for k in RESULT_KEYS if before["recipe"].get(k) != now["recipe"][k]]
+    keys = [k for k in RESULT_KEYS  # (a key an older version did not record is not a difference)
+            if k in before["recipe"] and before["recipe"][k] != now["recipe"][k]]
     files = sorted(k for k in {*before.get("files", {}), *now["files"]} if before.get("files", {}).get(k) != now["files"].get(k))
     if not keys and not files:
         return None
