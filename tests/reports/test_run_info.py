@@ -87,3 +87,21 @@ def test_write_reports_from_a_notebook(tiny_recipe, tmp_path):
     other = tiny_recipe("mlp", n_train=5, n_test=2, seed=1)
     with pytest.raises(InfluenceError, match="holds the results of .*recipe.yaml \\(different: the test data, the training data\\)"):
         write_reports(score(load_recipe(other.recipe_path), k=2), tmp_path / "nb")
+
+
+def test_curvature_settings_and_the_projection_sketch_are_part_of_a_folders_results(tiny_recipe):
+    """Another ``curvature:`` changes ekfac/arnoldi results: refused like another `layers`; a projection is
+    recorded with its sketch family (gradients projected by another sketch differ); a run.json written
+    before a key was recorded is not refused for lacking it."""
+    run = tiny_recipe("mlp", n_train=5, n_test=2, projection={"dim": 4})
+    assert _score(run).exit_code == 0
+    run.rewrite(curvature={"damping": 0.5})
+    assert "(different: `curvature`)" in _score(run).stderr
+    info_path = run.dir / "out" / "run.json"
+    info = json.loads(info_path.read_text())
+    del info["inputs"]["recipe"]["curvature"]  # as an older version wrote it
+    info_path.write_text(json.dumps(info))
+    assert _score(run).exit_code == 0
+    from influence_cli.gradients.store import store_key
+    from influence_cli.recipe.schema import SKETCH_VERSION
+    assert store_key(load_recipe(run.recipe_path))["projection"] == {"dim": 4, "seed": 0, "sketch": SKETCH_VERSION}
