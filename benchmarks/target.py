@@ -23,7 +23,8 @@ candidates on clean runs.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/target.py --seeds 5`` (``--first-seed 5`` for held-out seeds,
 ``--any-prediction`` for the rule without the misclassified-first ordering, ``--methods gas-l``,
-``--scenarios vision-blend,vision-few,vision-mlp,demo``, ``--min-share 1`` for the score-only flag rule).
+``--scenarios vision-blend,vision-few,vision-mlp,demo``, ``--min-share 1`` for the score-only flag rule;
+a method ``ekfac+renormalize`` / ``arnoldi+renormalize`` runs it with ``curvature: {renormalize: true}``).
 """
 
 from __future__ import annotations
@@ -303,7 +304,13 @@ def measure(run: PlantedRun, method: str, k: int | None = None, misclassified_on
     from influence_cli.methods import (DEFAULT_TARGET_K, DEFAULT_TARGET_MIN_SHARE, DEFAULT_TARGET_SHARE_THRESHOLD,
                                        DEFAULT_TARGET_THRESHOLD)
 
-    session = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
+    from influence_cli.recipe import CurvatureSpec
+
+    recipe = load_recipe(run.recipe_path)
+    if method.endswith("+renormalize"):  # ekfac/arnoldi as GAS-style cosines in the curvature's metric
+        method = method.removesuffix("+renormalize")
+        recipe = recipe.model_copy(update={"curvature": CurvatureSpec(renormalize=True)})
+    session = Session.from_recipe(recipe, need_test=True)
     result = target_identify(session, method=method, k=k or DEFAULT_TARGET_K, misclassified_only=misclassified_only,
                              threshold=threshold or DEFAULT_TARGET_THRESHOLD,
                              share_threshold=share_threshold or DEFAULT_TARGET_SHARE_THRESHOLD,
