@@ -10,8 +10,9 @@ Notation: C checkpoints θ_c with learning rates η_c, training examples z = (x,
 - **share**: share_c = η_c Σ_i s_c(z_i) / Σ_c′ η_c′ Σ_i s_c′(z_i), s_c the estimator's self-influence term
   at c (TracIn: ‖g_c(z)‖²): the part of the checkpoint sum that c carries over the training set.
   Early checkpoints have large gradients and the largest η, so TracIn's sums are often dominated by
-  them; when under-trained checkpoints carry more than :data:`DOMINANT_SHARE` of it, the scores mostly
-  describe a model that did not yet fit its data, and :func:`warn_if_dominated` says so.
+  them. :func:`warn_if_dominated` names every under-trained checkpoint in the sum with its fit and
+  share, and says when together they carry more than :data:`DOMINANT_SHARE` of it (then the scores
+  mostly describe a model that did not yet fit its data).
 """
 
 from __future__ import annotations
@@ -84,13 +85,18 @@ def sampled_fit(session: Session, sample: int = FIT_SAMPLE, seed: int = 0) -> Ch
 
 
 def warn_if_dominated(session: Session, fit: CheckpointFit, what: str) -> None:
-    """One warning when the under-trained checkpoints carry more than :data:`DOMINANT_SHARE` of ``what``'s
-    checkpoint sum (names, fits and shares)."""
+    """One warning naming the under-trained checkpoints of ``what``'s checkpoint sum with their fit and share,
+    saying whether together they carry more than :data:`DOMINANT_SHARE` of it (nothing when none is)."""
     early = fit.under_trained()
-    if fit.share is None or not early or float(fit.share[early].sum()) <= DOMINANT_SHARE:
+    if fit.share is None or not early:
         return
     names = ", ".join(f"{session.checkpoints[c].path.name} (fits {fit.fit[c]:.0%} of the training labels, carries "
                       f"{fit.share[c]:.0%})" for c in early)
-    warnings.warn(f"{what} is dominated by under-trained checkpoints: {names}, against {fit.fit[-1]:.0%} fitted by "
-                  f"the last; the scores mostly describe a model that had not yet fit its data: consider listing "
-                  "only later checkpoints", stacklevel=3)
+    total = float(fit.share[early].sum())
+    if total > DOMINANT_SHARE:
+        warnings.warn(f"{what} is dominated by under-trained checkpoints: {names}, against {fit.fit[-1]:.0%} fitted "
+                      f"by the last; the scores mostly describe a model that had not yet fit its data: consider "
+                      "listing only later checkpoints", stacklevel=3)
+    else:
+        warnings.warn(f"{what} includes under-trained checkpoints: {names}, against {fit.fit[-1]:.0%} fitted by the "
+                      f"last ({total:.0%} of the sum together)", stacklevel=3)

@@ -203,16 +203,33 @@ def _fit(session: Session, method: Method, c: int) -> EKFAC | Arnoldi:
                      damping=spec.damping, seed=spec.seed, reduce=_reduce())
 
 
+def _curvature_key(session: Session, method: Method, c: int) -> str:
+    return f"{method}:{c}:{','.join(session.layout.names)}"
+
+
+def fit_curvatures(session: Session, method: Method, progress: Progress | None = None) -> None:
+    """Fit (or read from the gradient store) the preconditioner of every checkpoint term of ``method``
+    not fitted yet in this session, as its own progress task (nothing for the first-order methods)."""
+    if method not in CURVATURE_METHODS:
+        return
+    todo = [c for c, _ in checkpoint_terms(session, method) if _curvature_key(session, method, c) not in session.curvature]
+    if todo:
+        with (progress or NoProgress()).task(f"curvature fit ({method})", total=len(todo)) as advance:
+            for c in todo:
+                curvature(session, method, c)
+                advance(1)
+
+
 def curvature(session: Session, method: Method, c: int = -1) -> EKFAC | Arnoldi:
     """The session's preconditioner P ≈ (G_c + λI)⁻¹ for ``ekfac`` or ``arnoldi`` at checkpoint c (default
     the final one), fitted over the training set on first use (see :mod:`influence_cli.curvature`) and kept
     per method, checkpoint and layer selection; with ``cache_dir``, kept in the gradient store too and
     read back by later runs."""
     c = c % len(session.weights)
-    key = f"{method}:{c}:{','.join(session.layout.names)}"
+    key = _curvature_key(session, method, c)
     if key not in session.curvature:
         if session.recipe.projection is not None:
-            raise ParameterError("method", f"{method} needs exact gradients; remove `projection` from the recipe")
+            raise ParameterError("method", f"{method} needs exact gradients; remove the `projection:` section from the recipe")
         kind = Arnoldi if method is Method.ARNOLDI else EKFAC
         sha, name = session.checkpoints[c].sha256, _fit_key(session, method)
         state = None if session.store is None else session.store.load_fit(sha, name, session.device)
@@ -248,7 +265,8 @@ def weighted_batch(session: Session, method: Method, c: int, x: object, y: torch
         return side, self_term, torch.isfinite(self_term)
     sq = g.layer_sq_norms().to(session.score_dtype)
     w = layer_weights(sq, method)
-    return g.scaled(w), self_influence_term(sq, w), torch.isfinite(sq).all(1)
+    scaled = g if method is Method.TRACIN else g.scaled(w)  # TracIn's w_l = 1: no copy of the batch
+    return scaled, self_influence_term(sq, w), torch.isfinite(sq).all(1)
 
 
 def nbytes(obj: object) -> int:
@@ -360,6 +378,7 @@ def train_pass(session: Session, method: Method, query: QueryFeatures | None = N
     (whole batches, so every example is computed in the same batch as in one process) and every
     rank gets the merged result (:meth:`TrainPassResult.merge`)."""
     indices = torch.arange(len(session.train)) if indices is None else indices
+    fit_curvatures(session, method, progress)
     w = distributed.world_size()
     if w == 1:
         return local_train_pass(session, method, query, k=k, keep_matrix=keep_matrix, indices=indices,
@@ -433,6 +452,7 @@ def explain(session: Session, method: Method, indices: torch.Tensor, labels: tor
     ``labels``): :func:`query_features` then :func:`train_pass`, in chunks of queries when the query
     side C·M·d exceeds :func:`query_budget` (:func:`query_chunk`). Rows are independent, so the
     top-k lists and the matrix equal one unchunked pass; ``column_best`` is merged over chunks."""
+    fit_curvatures(session, method, progress)
     chunk = query_chunk(session, method, indices, labels)
     parts = []
     for start in range(0, len(indices), chunk):

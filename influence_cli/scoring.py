@@ -124,12 +124,13 @@ def score(recipe: Recipe | Session, *, method: Method | str = Method.TRACIN,
 
 def checked_fit(session: Session, method: Method, passes: TrainPassResult) -> CheckpointFit | None:
     """fit_c on a training sample and share_c of ``method``'s checkpoint sum (:mod:`influence_cli.checkpoint_fit`),
-    warning when under-trained checkpoints dominate it; ``None`` for a model without class labels."""
-    fit = sampled_fit(session)
+    warning about under-trained checkpoints in the sum; ``None`` for a model without class labels, and for
+    a method that uses the final checkpoint only."""
+    terms = checkpoint_terms(session, method)
+    fit = sampled_fit(session) if len(terms) == len(session.weights) else None
     if fit is None:
         return None
-    terms = checkpoint_terms(session, method)
-    if passes.checkpoint_mass is not None and len(terms) == len(session.weights):
+    if passes.checkpoint_mass is not None:
         fit = fit.with_share(passes.checkpoint_mass)
     warn_if_dominated(session, fit, f"{method}'s sum over checkpoints")
     return fit

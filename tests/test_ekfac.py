@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fixtures.tiny_models import build_cnn, build_mlp
-from influence_cli import Session, load_recipe, score
+from influence_cli import Session, load_recipe, mislabel_detect, score
 from influence_cli.audits.mislabel import compute_signals
 from influence_cli import engine
 from influence_cli.audits.target import target_identify
@@ -300,3 +300,18 @@ def test_gpt2_conv1d_layers_are_kronecker_factored_like_their_linear_twins():
         weights = {k: v.detach() for k, v in model.named_parameters()}
         scores.append(ek.precondition(grads(weights, xt, yt)).g @ grads(weights, x, y).g.T)
     torch.testing.assert_close(scores[0], scores[1], rtol=1e-10, atol=1e-10)
+
+
+def test_the_fit_is_its_own_progress_task_and_renormalised_self_influence_is_refused_before_any_work(tiny_recipe):
+    """``score`` reports the curvature fit as a task of its own (not inside "test gradients"), once per
+    checkpoint term; ``mislabel-detect`` refuses ``renormalize`` before its forward passes."""
+    run = tiny_recipe("mlp", n_train=8, n_test=2, learning_rates=(0.4, 0.1), curvature={"checkpoints": "all"})
+    seen: list[str] = []
+    score(load_recipe(run.recipe_path), method="ekfac", k=2, progress=lambda task, done, total: seen.append(task))
+    assert seen[0] == "curvature fit (ekfac)" and seen.count("curvature fit (ekfac)") == 3  # start + 2 checkpoints
+    renormalised = tiny_recipe("mlp", n_train=8, n_test=2, curvature={"renormalize": True})
+    seen.clear()
+    with pytest.raises(ParameterError, match="renormalize"):
+        mislabel_detect(load_recipe(renormalised.recipe_path), method="arnoldi",
+                        progress=lambda task, done, total: seen.append(task))
+    assert seen == []

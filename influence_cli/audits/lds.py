@@ -228,7 +228,12 @@ def trained_weights(session: Session, trained: Any, where: str) -> dict[str, tor
 
 
 def _function_name(train: TrainFn) -> str:
-    return getattr(train, "__qualname__", None) or getattr(train, "__name__", None) or repr(train)
+    """``file.py:qualname`` when the function comes from a file, else its qualified name."""
+    name = getattr(train, "__qualname__", None) or getattr(train, "__name__", None) or repr(train)
+    try:
+        return f"{Path(inspect.getfile(train)).name}:{name}"
+    except (TypeError, OSError):
+        return name
 
 
 def _sha256(data: bytes) -> str:

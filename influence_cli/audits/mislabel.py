@@ -157,6 +157,10 @@ def compute_signals(session: Session, methods: set[MislabelMethod], indices: tor
     indices = torch.arange(len(session.train)) if indices is None else indices
     if MislabelMethod.COMBINED in methods:
         methods = (methods - {MislabelMethod.COMBINED}) | set(COMBINED_SIGNALS)
+    curved_methods = (MislabelMethod.EKFAC, MislabelMethod.ARNOLDI)
+    if curvature_spec(session).renormalize and methods & set(curved_methods):  # before any work
+        raise ParameterError("method", "ekfac/arnoldi self-influence is 1 for every example under the recipe's "
+                                       "`curvature: {renormalize: true}`; remove it to rank labels")
     margin, loss, suggested, prob, fit = _output_signals(session, indices, progress)
     out: dict[MislabelMethod, torch.Tensor] = {MislabelMethod.AUM: -margin, MislabelMethod.LOSS: loss}
     if MislabelMethod.TRACIN in methods:
@@ -167,11 +171,8 @@ def compute_signals(session: Session, methods: set[MislabelMethod], indices: tor
     if MislabelMethod.TRACIN_LAST in methods:
         out[MislabelMethod.TRACIN_LAST] = train_pass(last_layer_session(session), Method.TRACIN, indices=indices,
                                                      progress=progress).self_influence.double()
-    for curved in (MislabelMethod.EKFAC, MislabelMethod.ARNOLDI):  # g(z)ᵀ(G + λI)⁻¹g(z) at the last checkpoint
+    for curved in curved_methods:  # g(z)ᵀ(G + λI)⁻¹g(z) at the last checkpoint
         if curved in methods:
-            if curvature_spec(session).renormalize:
-                raise ParameterError("method", f"{curved} self-influence is 1 for every example under the recipe's "
-                                               "`curvature: {renormalize: true}`; remove it to rank labels")
             out[curved] = train_pass(session, Method(curved.value), indices=indices,
                                      progress=progress).self_influence.double()
     return Signals({m: out[m] for m in methods}, suggested, prob, fit)

@@ -71,6 +71,7 @@ from influence_cli.methods import (
 )
 from influence_cli.progress import ProgressLike, as_progress
 from influence_cli.recipe import Recipe
+from influence_cli.scoring import checked_fit
 from influence_cli.selection import check_indices, plain
 from influence_cli.session import Session
 from influence_cli.stats import robust_z
@@ -217,6 +218,7 @@ def target_identify(recipe_or_session: Recipe | Session, *, method: Method | str
                              f"test examples (got {len(idx)})")
     predictions = session.predict(session.test, idx)[0]
     passes = explain(session, method, idx, predictions, k=k, progress=progress, column_best=2)
+    checked_fit(session, method, passes)  # warns about under-trained checkpoints in the sum
     assert passes.proponents is not None
     margin = passes.proponents[0] - best_other(passes)
     excess, overlap = margin.mean(1).double(), peer_overlap(passes, predictions)

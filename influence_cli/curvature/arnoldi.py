@@ -18,6 +18,7 @@ numbers for the basis; projecting a gradient costs D × p.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -80,8 +81,10 @@ def gauss_newton_product(model: nn.Module, weights: dict[str, torch.Tensor], lay
             def loss_grad(out: torch.Tensor, y: torch.Tensor = y) -> torch.Tensor:
                 return grad(lambda o: loss_fn(o, y).sum())(out)
 
-            out, jv = jvp(outputs, (selected,), (tangent,))
-            hjv = jvp(loss_grad, (out,), (jv,))[1]
+            with warnings.catch_warnings():  # jvp scripts a helper: PyTorch's own deprecation notice, not the user's
+                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+                out, jv = jvp(outputs, (selected,), (tangent,))
+                hjv = jvp(loss_grad, (out,), (jv,))[1]
             back = vjp(outputs, selected)[1](hjv)[0]
             total += torch.cat([back[k].flatten() for k in names]).to(total.dtype)
         return {"Gv": total}

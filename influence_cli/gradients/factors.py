@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from influence_cli.gradients.layers import ParamLayout
-from influence_cli.gradients.per_example import FlatGrads
+from influence_cli.gradients.per_example import FlatGrads, sq_norms
 
 _CHUNK_ELEMENTS = 1 << 24  # bound on the [b, B′, T, T′] intermediates of sequence dot products
 
@@ -74,7 +74,7 @@ class Factors:
         if self.positions == 1:
             return (self.a[:, 0].pow(2).sum(1) + float(self.bias)) * self.e[:, 0].pow(2).sum(1)
         if not self.factored_cheaper(self.positions, self.positions):
-            return self.materialize().pow(2).sum(1)
+            return sq_norms(self.materialize())
         ka = torch.einsum("btd,bsd->bts", self.a, self.a) + float(self.bias)
         return (ka * torch.einsum("btq,bsq->bts", self.e, self.e)).sum((1, 2))
 
@@ -121,7 +121,7 @@ class LayerGrads:
 
     def layer_sq_norms(self) -> torch.Tensor:
         """‖g^l‖² for every example and layer: [B, L]."""
-        return torch.stack([b.sq_norms() if isinstance(b, Factors) else b.pow(2).sum(1)
+        return torch.stack([b.sq_norms() if isinstance(b, Factors) else sq_norms(b)
                             for b in self.blocks], dim=1)
 
     def scaled(self, w: torch.Tensor) -> "LayerGrads":

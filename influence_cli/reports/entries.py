@@ -29,6 +29,16 @@ def cell(entry: Mapping[str, Any], index_key: str = "train_index", chars: int = 
     return str(entry[index_key]) if text is None else f"{entry[index_key]}: {text}"
 
 
+def method_note(doc: Mapping[str, Any]) -> str:
+    """How a results document's method used the checkpoints, for the reports' headings: ``ekfac``/``arnoldi``
+    use the final checkpoint unless ``curvature: {checkpoints: all}``, and may be renormalised."""
+    if doc.get("method") not in ("ekfac", "arnoldi"):
+        return ""
+    spec = (doc.get("recipe") or {}).get("curvature") or {}
+    where = "summed over the checkpoints with η_c" if spec.get("checkpoints") == "all" else "final checkpoint only"
+    return f" ({where}{', renormalised: a cosine in the curvature metric' if spec.get('renormalize') else ''})"
+
+
 def line_item(entry: Mapping[str, Any], index_key: str = "train_index") -> str:
     """An example in a line of text: ``index``, ``index "text…"`` or ``index /the/whole/path.png``."""
     found = described(entry)

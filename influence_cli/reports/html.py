@@ -39,6 +39,7 @@ from influence_cli.files import atomic_write
 from influence_cli.loading.examples import described, label_text, shorten, shortened
 from influence_cli.recipe import Recipe
 from influence_cli.reports import plots
+from influence_cli.reports.entries import method_note
 from influence_cli.reports.sources import read_sources
 from influence_cli.reports.style import CSP, CSS
 from influence_cli.reports.thumbnails import ReportInputs, Thumbnail
@@ -142,7 +143,7 @@ def _checks(doc: dict[str, Any], inputs: ReportInputs) -> str:
 
 def _influence(doc: dict[str, Any], inputs: ReportInputs) -> str:
     tests = doc.get("test", [])
-    parts = [f'<p>Method <b>{_h(doc.get("method"))}</b>. Proponents (largest scores) lowered the test '
+    parts = [f'<p>Method <b>{_h(doc.get("method"))}</b>{_h(method_note(doc))}. Proponents (largest scores) lowered the test '
              'loss when trained on; opponents (smallest scores) raised it.</p>']
     for t in tests[:MAX_TESTS]:
         i = t["test_index"]

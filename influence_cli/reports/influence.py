@@ -10,7 +10,8 @@ from rich.table import Table
 
 from influence_cli.files import atomic_write, write_json
 from influence_cli.loading.examples import DESCRIPTION_KEYS, described, label_text
-from influence_cli.reports.entries import TERMINAL_CHARS, DescriptionColumn, cell, pick, with_names, write_rows
+from influence_cli.reports.entries import (TERMINAL_CHARS, DescriptionColumn, cell, method_note, pick, with_names,
+                                           write_rows)
 from influence_cli.reports.files import markdown_table, write_summary
 from influence_cli.scoring import InfluenceResult
 
@@ -67,7 +68,7 @@ def checkpoint_rows(checkpoints: list[dict]) -> tuple[list[str], list[tuple]]:
 
 def _summary(data: dict) -> str:
     ckpts = markdown_table(*checkpoint_rows(data["checkpoints"]))
-    lines = [f"# Influence ({data['method']})", "", f"{len(data['test'])} test example(s); "
+    lines = [f"# Influence ({data['method']}{method_note(data)})", "", f"{len(data['test'])} test example(s); "
              f"{len(data['checkpoints'])} checkpoint(s).", "", ckpts]
     labeled = _labeled(data["test"])
     for t in data["test"][:20]:

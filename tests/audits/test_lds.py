@@ -157,7 +157,7 @@ def test_errors_name_the_function_and_subset(linear_run):
     broken.seen = []
     with pytest.raises(InfluenceError) as err:
         evaluate(recipe, broken, methods="tracin", subsets=4)
-    assert err.value.message == ("train function 'test_errors_name_the_function_and_subset.<locals>.broken', subset 2: "
+    assert err.value.message == ("train function 'test_lds.py:test_errors_name_the_function_and_subset.<locals>.broken', subset 2: "
                                  "RuntimeError: out of data")
     with pytest.raises(InfluenceError, match=r"subset 0: does not fit the model: missing 1 key\(s\)"):
         evaluate(recipe, lambda i, s: {"weight": torch.zeros(3, 6)}, methods="tracin", subsets=3)

@@ -171,7 +171,7 @@ def test_planted_backdoor_fails_no_attack_target(runs: dict[str, Any], tmp_path:
     (None, [], "checks: the recipe has no `checks:` section"),
     ({"max_flagged_mislabel_fractoin": 0.1}, [], "checks: unknown rule 'max_flagged_mislabel_fractoin'"),
     ({"max_new_flagged": 0, "mislabel_method": "los"}, [], "checks.mislabel_method: expected one of 'tracin', 'tracin-last', 'aum', 'loss', 'combined', 'ekfac', "
-                                                      "got 'los'"),
+                                                      "'arnoldi', got 'los'"),
     ({"no_attack_target": {"test_indices": [0]}}, [], "data.test: this command needs a test split"),
 ])
 def test_usage_errors_exit_2_with_one_line(runs: dict[str, Any], tmp_path: Path, recipe_checks: Any,

@@ -65,7 +65,7 @@ def test_evaluate_writes_the_lds_and_resumes(run):
     tracin = data["methods"][0]
     assert tracin["lds"] == pytest.approx([1.0, 1.0, 1.0], abs=1e-12) and tracin["skipped"] is None
     assert (data["subsets"], data["fraction"], data["seed"], data["test_indices"]) == (5, 0.5, 2, [0, 1, 2])
-    assert data["retrain"]["trained"] == 5 and data["train_function"] == "train"
+    assert data["retrain"]["trained"] == 5 and data["train_function"] == "subset_train.py:train"
     assert "| tracin | 1.000 | 0.000 |" in (out / "lds.md").read_text()
     assert "evaluate" in json.loads((out / "run.json").read_text())["commands"]
     assert len(list((out / "lds-subsets").glob("subset-*.json"))) == 5
@@ -90,7 +90,7 @@ def test_evaluate_writes_the_lds_and_resumes(run):
     ("nope.py:train", "error: --train: file not found: {dir}/nope.py\n"),
     ("subset_train.py:missing", "error: --train: 'subset_train.py' has no callable named 'missing'\n"),
     ("subset_train.py", "error: --train: expected 'pkg.module:callable' or 'file.py:callable', got 'subset_train.py'\n"),
-    ("subset_train.py:broken", "error: train function 'broken', subset 0: KeyError: 'weights'\n"),
+    ("subset_train.py:broken", "error: train function 'subset_train.py:broken', subset 0: KeyError: 'weights'\n"),
 ])
 def test_a_bad_train_reference_is_one_line(run, train, message):
     res = _evaluate(run, "--train", train, "--subsets", "3", "--methods", "tracin", "-q")
