@@ -1,8 +1,9 @@
 """Realistic mislabel-detection matrix: settings × noise (uniform, class pairs, clean twin) × seeds.
 
 Settings (runs in :mod:`benchmarks.matrix_runs`): ``resnet18`` and ``mobilenet`` (torchvision,
-generated 32×32 RGB imagefolder, SGD + momentum + weight decay, crop/flip augmentation, StepLR,
-checkpoints with scheduler state), ``digits-mlp`` and ``digits-cnn`` (checkpoints from epoch 1).
+generated 32×32 RGB imagefolder of ``--n-train`` 1,500 images, SGD + momentum + weight decay,
+batch 64, crop/flip augmentation, η0 0.02 with cosine annealing over 20 epochs, a checkpoint with
+scheduler state every 4 epochs), ``digits-mlp`` and ``digits-cnn`` (checkpoints from epoch 1).
 Design seeds (0, 1, …) choose the default; held-out seeds (100, 101, …) confirm it.
 
 Per (setting, noise, seed) and method: recall@10% (share of the flips among the first 10% of the
@@ -23,6 +24,7 @@ import json
 import sys
 import tempfile
 import time
+from dataclasses import asdict, replace
 from pathlib import Path
 from statistics import mean
 
@@ -40,13 +42,14 @@ DEFAULT_SETTINGS = ("resnet18", "digits-mlp", "digits-cnn")
 ALL_SETTINGS = ("resnet18", "mobilenet", "digits-mlp", "digits-cnn")
 
 
-def build_run(setting: str, out: Path, noise: str, rate: float, seed: int, n_train: int) -> Run:
+def build_run(setting: str, out: Path, noise: str, rate: float, seed: int, n_train: int,
+              vision: VisionSchedule = VisionSchedule()) -> Run:
     """Write the run of ``setting`` into ``out`` (``noise="clean"``: nothing flipped)."""
     rate = 0.0 if noise == "clean" else rate
     if setting.startswith("digits-"):
         return digits_run(out, setting.split("-")[1], noise, rate, seed)
     arch = {"resnet18": "resnet18", "mobilenet": "mobilenet_v3_small"}[setting]
-    return vision_run(out, VisionSchedule(arch=arch), noise, rate, seed, n_train)
+    return vision_run(out, replace(vision, arch=arch), noise, rate, seed, n_train)
 
 
 def test_accuracy(session: Session) -> float:
@@ -107,10 +110,10 @@ def rank_cells(scores: torch.Tensor, flipped: torch.Tensor, flags: torch.Tensor)
 
 
 def run_one(setting: str, noise: str, rate: float, seed: int, n_train: int, with_cleanlab: bool,
-            methods: set[MislabelMethod]) -> dict:
+            methods: set[MislabelMethod], vision: VisionSchedule = VisionSchedule()) -> dict:
     """One run of the matrix: its test accuracy, the checkpoints' rates and every method's cells."""
     with tempfile.TemporaryDirectory() as tmp:
-        run = build_run(setting, Path(tmp), noise, rate, seed, n_train)
+        run = build_run(setting, Path(tmp), noise, rate, seed, n_train, vision)
         session = Session.from_recipe(load_recipe(run.recipe), need_test=True)
         signals, _, _, _ = compute_signals(session, methods | {MislabelMethod.AUM, MislabelMethod.LOSS})
         acc = test_accuracy(session)
@@ -166,7 +169,14 @@ def main() -> None:
     parser.add_argument("--noise", nargs="+", default=["uniform", "pairs", "clean"])
     parser.add_argument("--rates", nargs="+", type=float, default=[0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="design 0…; held out 100…")
-    parser.add_argument("--n-train", type=int, default=600, help="vision training images")
+    parser.add_argument("--n-train", type=int, default=1500, help="vision training images (at most 1,747)")
+    parser.add_argument("--epochs", type=int, default=VisionSchedule.epochs, help="vision training epochs")
+    parser.add_argument("--every", type=int, default=VisionSchedule.every, help="vision checkpoint every k epochs")
+    parser.add_argument("--lr", type=float, default=VisionSchedule.lr, help="vision initial learning rate")
+    parser.add_argument("--batch", type=int, default=VisionSchedule.batch, help="vision batch size")
+    parser.add_argument("--schedule", choices=["cosine", "step"], default=VisionSchedule.schedule,
+                        help="vision schedule (the first round: --n-train 600 --epochs 15 --every 3 --lr 0.01 "
+                             "--batch 32 --schedule step)")
     parser.add_argument("--full", action="store_true", help="every setting, 5/10/20%% noise")
     parser.add_argument("--no-cleanlab", action="store_true")
     parser.add_argument("--vision-cleanlab", action="store_true", help="cleanlab on vision too (5 more trainings)")
@@ -182,6 +192,8 @@ def main() -> None:
     if args.full:
         args.settings, args.rates = list(ALL_SETTINGS), [0.05, 0.1, 0.2]
     torch.set_num_threads(1)
+    vision = VisionSchedule(epochs=args.epochs, every=args.every, lr=args.lr, batch=args.batch,
+                            schedule=args.schedule)
     methods = set(MislabelMethod) - {MislabelMethod(m) for m in args.skip}
     rows: list[dict] = []
     for setting in args.settings:
@@ -189,7 +201,10 @@ def main() -> None:
             for noise, rate in [(n, r) for n in args.noise for r in (args.rates if n != "clean" else [0.0])]:
                 start = time.perf_counter()
                 cleanlab = not args.no_cleanlab and noise != "clean" and (args.vision_cleanlab or "digits" in setting)
-                rows.append(run_one(setting, noise, rate, seed, args.n_train, cleanlab, methods))
+                rows.append(run_one(setting, noise, rate, seed, args.n_train, cleanlab, methods, vision))
+                rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
+                if not setting.startswith("digits-"):
+                    rows[-1]["schedule"] = {**asdict(vision), "arch": setting, "n_train": args.n_train}
                 print(f"# {setting} {noise} {rate:.0%} seed {seed}: acc {rows[-1]['test_acc']:.3f}, "
                       f"{time.perf_counter() - start:.0f} s", flush=True)
                 if args.out:
