@@ -44,6 +44,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from influence_cli import distributed
 from influence_cli.errors import DataError, InfluenceError, ParameterError, first_line
 from influence_cli.files import atomic_write, write_json
 from influence_cli.frames import ToPandas
@@ -384,6 +385,8 @@ def evaluate(recipe_or_session: Recipe | Session, train: TrainFn, *, methods: Se
     ``keep_scores`` keeps every τ [M, N] in :attr:`LDSResult.scores`.
     """
     names = _check_methods(methods)
+    if distributed.world_size() > 1:  # every rank would retrain every subset
+        raise InfluenceError("evaluate retrains the model itself and runs in one process; start it without torchrun")
     if not callable(train):
         raise ParameterError("train", f"must be a callable train(indices, seed), got a {type(train).__name__}")
     if isinstance(subsets, bool) or not isinstance(subsets, int) or subsets < 3:

@@ -174,3 +174,10 @@ def test_the_cli_spells_every_method():
     from influence_cli.cli.evaluate import _METHODS
 
     assert _METHODS.split(", ") == list(LDS_METHODS)
+
+
+def test_evaluate_refuses_torchrun(monkeypatch):
+    """Under torchrun every rank would retrain every subset: one clear error instead."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InfluenceError, match="runs in one process; start it without torchrun"):
+        evaluate(Path("unused.yaml"), lambda indices, seed: None)  # type: ignore[arg-type]
