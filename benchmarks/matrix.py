@@ -15,6 +15,11 @@ schedule; flags = ``find_label_issues``).
     python benchmarks/matrix.py --out benchmarks/results/matrix_design.json            # default size
     python benchmarks/matrix.py --seeds 100 --out benchmarks/results/matrix_heldout.json
     python benchmarks/matrix.py --full --out benchmarks/results/matrix_full.json       # every setting, 5/10/20%
+
+``--check`` also runs ``influence-cli check`` on each clean twin with the README's CI rules
+(:data:`CI_CHECKS`; no baseline file yet, so nothing is accepted) and prints one row per setting:
+
+    python benchmarks/matrix.py --noise clean --check --out benchmarks/results/matrix_check_design.json
 """
 
 from __future__ import annotations
@@ -29,10 +34,12 @@ from pathlib import Path
 from statistics import mean
 
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.matrix_runs import Run, VisionSchedule, digits_run, vision_run
 from benchmarks.mislabel import first, ranking_metrics
+from influence_cli.audits.check import check
 from influence_cli.audits.mislabel import FlagRule, combine, compute_signals, cut_z
 from influence_cli.methods import MislabelMethod
 from influence_cli.recipe import load_recipe
@@ -40,6 +47,9 @@ from influence_cli.session import Session
 
 DEFAULT_SETTINGS = ("resnet18", "digits-mlp", "digits-cnn")
 ALL_SETTINGS = ("resnet18", "mobilenet", "digits-mlp", "digits-cnn")
+#: The ``checks:`` section of the README's CI example ("Gate a dataset in CI").
+CI_CHECKS = {"baseline": "checks-baseline.json", "max_flagged_mislabel_fraction": 0.01,
+             "no_attack_target": {"test_indices": "0:50"}}
 
 
 def build_run(setting: str, out: Path, noise: str, rate: float, seed: int, n_train: int,
@@ -110,21 +120,34 @@ def rank_cells(scores: torch.Tensor, flipped: torch.Tensor, flags: torch.Tensor)
 
 
 def run_one(setting: str, noise: str, rate: float, seed: int, n_train: int, with_cleanlab: bool,
-            methods: set[MislabelMethod], vision: VisionSchedule = VisionSchedule()) -> dict:
-    """One run of the matrix: its test accuracy, the checkpoints' rates and every method's cells."""
+            methods: set[MislabelMethod], vision: VisionSchedule = VisionSchedule(), with_check: bool = False) -> dict:
+    """One run of the matrix: its test accuracy, the checkpoints' rates and every method's cells
+    (``with_check``: also ``check`` with :data:`CI_CHECKS`)."""
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(setting, Path(tmp), noise, rate, seed, n_train, vision)
+        if with_check:
+            recipe = yaml.safe_load(run.recipe.read_text())
+            run.recipe.write_text(yaml.safe_dump({**recipe, "checks": CI_CHECKS}, sort_keys=False))
         session = Session.from_recipe(load_recipe(run.recipe), need_test=True)
         signals, _, _, _ = compute_signals(session, methods | {MislabelMethod.AUM, MislabelMethod.LOSS})
         acc = test_accuracy(session)
         rates = [c.learning_rate for c in session.checkpoints]
         margins = checkpoint_margins(session)
+        if with_check:
+            result = check(session)
+            outcomes = {o.rule: o for o in result.outcomes}
+            check_row = {"passed": result.passed, "mislabel_method": result.facts.mislabels["method"],
+                         "flagged_fraction": outcomes["max_flagged_mislabel_fraction"].value,
+                         "targets_flagged": outcomes["no_attack_target"].value,
+                         "rules": [o.to_dict() for o in result.outcomes]}
     flipped = torch.zeros(len(run.labels), dtype=torch.bool)
     flipped[run.flipped] = True
     row = {"setting": setting, "noise": noise, "rate": 0.0 if noise == "clean" else rate, "seed": seed,
            "n": len(run.labels), "test_acc": acc, "learning_rates": rates, "methods": method_rows(signals, flipped),
            "raw": {"flipped": run.flipped.tolist(), "margins": margins.tolist(),
                    **{m.value: signals[m].tolist() for m in signals}}}
+    if with_check:
+        row["check"] = check_row
     if with_cleanlab:
         suspicion, issues = cleanlab_baseline(run, seed)
         row["methods"]["cleanlab"] = {"flagged": float(issues.double().mean()),
@@ -163,6 +186,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def check_table(rows: list[dict]) -> str:
+    """One markdown line per checked run: pass/fail and each rule's value."""
+    lines = ["| setting | seed | N | test acc | flagged mislabel fraction (≤ 1%) | of 50 watched test predictions "
+             "flagged as attack targets (0) | check |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "check" in r:
+            c = r["check"]
+            lines.append(f"| {r['setting']} | {r['seed']} | {r['n']} | {r['test_acc']:.3f} | {c['flagged_fraction']:.2%} "
+                         f"| {c['targets_flagged']:.0f} | {'pass' if c['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=ALL_SETTINGS)
@@ -182,6 +217,8 @@ def main() -> None:
     parser.add_argument("--vision-cleanlab", action="store_true", help="cleanlab on vision too (5 more trainings)")
     parser.add_argument("--skip", nargs="*", default=["ekfac", "arnoldi"], choices=[m.value for m in MislabelMethod],
                         help="signals not computed (default: the curvature methods, ekfac and arnoldi)")
+    parser.add_argument("--check", action="store_true",
+                        help="run `check` with the README's CI rules on every clean twin (one table row each)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--tables-from", type=Path, nargs="+",
                         help="print the table of saved rows, rescored by the current library (runs nothing)")
@@ -201,7 +238,8 @@ def main() -> None:
             for noise, rate in [(n, r) for n in args.noise for r in (args.rates if n != "clean" else [0.0])]:
                 start = time.perf_counter()
                 cleanlab = not args.no_cleanlab and noise != "clean" and (args.vision_cleanlab or "digits" in setting)
-                rows.append(run_one(setting, noise, rate, seed, args.n_train, cleanlab, methods, vision))
+                rows.append(run_one(setting, noise, rate, seed, args.n_train, cleanlab, methods, vision,
+                                    with_check=args.check and noise == "clean"))
                 rows[-1]["seconds"] = round(time.perf_counter() - start, 1)
                 if not setting.startswith("digits-"):
                     rows[-1]["schedule"] = {**asdict(vision), "arch": setting, "n_train": args.n_train}
@@ -211,6 +249,8 @@ def main() -> None:
                     args.out.parent.mkdir(parents=True, exist_ok=True)
                     args.out.write_text(json.dumps(rows))
     print(table(rows))
+    if args.check:
+        print(check_table(rows))
 
 
 if __name__ == "__main__":
