@@ -428,3 +428,23 @@ def test_cli_plans_a_curvature_fit(tiny_recipe):
     assert res.exit_code == 0, res.output
     for text in ("curvature fit", "curvature (ekfac)", "p_l²", "2 passes × 10 × 1", "curvature fit (ekfac): C′·"):
         assert text in res.output, text
+
+
+def test_a_test_side_over_the_budget_is_planned_in_chunks_like_the_engine_splits_it(tiny_recipe):
+    """``memory_gb`` below C·M·d: the plan holds ⌊budget / (C·d)⌋ test examples at a time and counts one
+    training pass per chunk, the split :func:`~influence_cli.engine.query_chunk` makes."""
+    from influence_cli.engine import query_chunk
+    from influence_cli.methods import Method
+    from influence_cli.session import Session
+
+    run = tiny_recipe("mlp", n_train=8, n_test=10, learning_rates=(0.4, 0.1))
+    whole = plan(load_recipe(run.recipe_path)).parts[0]
+    per_example = whole.checkpoints * whole.query_example_bytes
+    run.rewrite(memory_gb=3.5 * per_example / 2**30)  # room for 3 test examples
+    part = plan(load_recipe(run.recipe_path)).parts[0]
+    session = Session.from_recipe(load_recipe(run.recipe_path), need_test=True)
+    idx = torch.arange(10)
+    with pytest.warns(UserWarning, match="chunks"):
+        assert part.chunk == query_chunk(session, Method.TRACIN, idx, session.test.labels[idx]) == 3
+    train = next(s for s in part.stages if s.name == "train gradients")
+    assert train.passes == 4 and part.query_bytes == 3 * per_example

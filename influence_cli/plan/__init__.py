@@ -17,7 +17,9 @@ per test example. Memory:
 
     weights  = C·P·s             every checkpoint's weights stay loaded
     fit      = C′·F·s            ekfac, arnoldi: the curvature, held for the whole pass
-    query    = C·M·d             the test gradients, held for the whole training pass
+    query    = C·M·d             the test gradients, held for the whole training pass (over the budget,
+                                 ``memory_gb`` or half the free memory: M′ = ⌊budget / (C·d)⌋ at a time,
+                                 one training pass per chunk of M′, as the engine splits them)
     batch    = B·d + M·B·s′      one training batch's gradients and its score block
     store    = C·N·d             on disk, with ``cache_dir`` (what the first run writes)
 
@@ -32,7 +34,7 @@ b ≤ B training examples; t_load reads the batch and moves it to the device), e
 
     curvature fit    C′ · ((N / b) · passes · t_batch + t_fixed)  (ekfac, arnoldi)
     test gradients   (M / b_q) · Σ_c (t_load + t_c)
-    train gradients  (N / b) · (t_load + Σ_c (t_c + (M / b_q) · t_c(dot)) + (M / b_q) · t(merges))
+    train gradients  ⌈M / M′⌉ · (N / b) · (t_load + Σ_c (t_c + (M / b_q) · t_c(dot)) + (M / b_q) · t(merges))
     forward passes   (N / b) · Σ_c t_c(forward)                  (mislabel-detect's margins and losses)
     predictions      (M / b_q) · t(forward)                      (the final model's, on the test side)
 

@@ -20,7 +20,7 @@ from influence_cli.audits.check import Need, NoAttackTarget, watched_candidates,
 from influence_cli.audits.mislabel import COMBINED_SIGNALS, last_layer_session
 from influence_cli.curvature.arnoldi import Arnoldi, gauss_newton_product
 from influence_cli.curvature.ekfac import EKFAC, KroneckerBlock, fit_ekfac
-from influence_cli.engine import checkpoint_terms, curvature_spec, weighted_batch
+from influence_cli.engine import checkpoint_terms, curvature_spec, query_budget, weighted_batch
 from influence_cli.errors import InfluenceError, ParameterError
 from influence_cli.gradients.factorized import FactorizedGradients
 from influence_cli.gradients.factors import Factors, LayerGrads
@@ -286,10 +286,22 @@ def measure(job: Job) -> Part:
         queries, query_stages = _query_side(job)
         stages += query_stages
     feats, secs = _train_side(job, x, y, queries)
-    stages.append(Stage("train gradients", n, terms, (load + secs) * n / len(idx)))
-    return part(layers=_layers(s, feats), queries=0 if job.queries is None else len(job.queries),
-                query_example_bytes=sum(b for _, b in per_example(queries[0])) if queries else 0,
-                stored=s.store is not None, stages=tuple(stages), fit=fit)
+    example_bytes = sum(b for _, b in per_example(queries[0])) if queries else 0
+    m = 0 if job.queries is None else len(job.queries)
+    chunk = _chunk(s, m, terms * example_bytes)
+    passes = -(-m // chunk) if chunk else 1
+    stages.append(Stage("train gradients", n, terms, passes * (load + secs) * n / len(idx), passes))
+    return part(layers=_layers(s, feats), queries=m, query_example_bytes=example_bytes,
+                stored=s.store is not None, stages=tuple(stages), fit=fit, chunk=chunk)
+
+
+def _chunk(session: Session, m: int, example_bytes: int) -> int:
+    """The engine's split of the test side (:func:`~influence_cli.engine.query_chunk`): 0 when C·M·d fits the
+    budget, else ⌊budget / (C·d)⌋ test examples per training pass (at least 1)."""
+    budget = query_budget(session)
+    if budget is None or not m or not example_bytes or m * example_bytes <= budget:
+        return 0
+    return max(1, min(m, int(budget // example_bytes)))
 
 
 def _queries(session: Session, test_indices: Sequence[int] | None) -> torch.Tensor:

@@ -83,6 +83,7 @@ class Part:
     stored: bool                     # the training gradients go to the store (cache_dir)
     stages: tuple[Stage, ...]
     fit: Fit | None = None           # ekfac, arnoldi: the curvature fit (its time is the stage "curvature fit")
+    chunk: int = 0                   # test examples per training pass when C·M·d exceeds the budget (0: all M)
 
     @property
     def example_bytes(self) -> int:
@@ -90,14 +91,19 @@ class Part:
         return sum(layer.bytes for layer in self.layers)
 
     @property
+    def held_queries(self) -> int:
+        """The test examples held at once: M, or the chunk when the test side is split."""
+        return min(self.queries, self.chunk) if self.chunk else self.queries
+
+    @property
     def query_bytes(self) -> int:
-        """C·M·d."""
-        return self.checkpoints * self.queries * self.query_example_bytes
+        """C·M·d (M: :attr:`held_queries`)."""
+        return self.checkpoints * self.held_queries * self.query_example_bytes
 
     @property
     def batch_bytes(self) -> int:
         """B·d + M·B·s′."""
-        return self.batch * self.example_bytes + self.queries * self.batch * self.score_itemsize
+        return self.batch * self.example_bytes + self.held_queries * self.batch * self.score_itemsize
 
     @property
     def fit_bytes(self) -> int:

@@ -57,10 +57,12 @@ def memory_table(plan: Plan) -> Table:
             formula = f"C′·({fit.memory})·s = {fit.terms} × {fit.numbers:,} × {fit.itemsize} B"
             table.add_row(f"{prefix}curvature ({fit.method})", formula, size(fit.bytes))
         if part.queries:
-            table.add_row(f"{prefix}test side", f"C·M·d = {part.checkpoints} × {part.queries:,} × "
+            held = (f"{part.held_queries:,} of {part.queries:,} at a time (over the budget: one training pass per "
+                    "chunk)" if part.chunk else f"{part.queries:,}")
+            table.add_row(f"{prefix}test side", f"C·M·d = {part.checkpoints} × {held} × "
                           f"{size(part.query_example_bytes)}", size(part.query_bytes))
         table.add_row(f"{prefix}one training batch", f"B·d + M·B·s′ = {part.batch} × {size(part.example_bytes)} + "
-                      f"{part.queries:,} × {part.batch} × {part.score_itemsize} B", size(part.batch_bytes))
+                      f"{part.held_queries:,} × {part.batch} × {part.score_itemsize} B", size(part.batch_bytes))
     free = "" if plan.available_bytes is None else f" of {size(plan.available_bytes)} free"
     table.add_section()
     curvature = "curvature + " if any(p.fit for p in plan.parts) else ""
