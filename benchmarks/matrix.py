@@ -1,9 +1,10 @@
 """Realistic mislabel-detection matrix: settings × noise (uniform, class pairs, clean twin) × seeds.
 
-Settings (runs in :mod:`benchmarks.matrix_runs`): ``resnet18`` and ``mobilenet`` (torchvision,
-generated 32×32 RGB imagefolder of ``--n-train`` 1,500 images, SGD + momentum + weight decay,
-batch 64, crop/flip augmentation, η0 0.02 with cosine annealing over 20 epochs, a checkpoint with
-scheduler state every 4 epochs), ``digits-mlp`` and ``digits-cnn`` (checkpoints from epoch 1).
+Settings (runs in :mod:`benchmarks.matrix_runs`): ``resnet18`` and ``mobilenet_v3`` (torchvision
+``resnet18`` / ``mobilenet_v3_small``, generated 32×32 RGB imagefolder of ``--n-train`` 1,500
+images, SGD + momentum + weight decay, batch 64, crop/flip augmentation, cosine annealing, a
+checkpoint with scheduler state every k epochs; ResNet-18 η0 0.02 over 20 epochs, k = 4, MobileNetV3
+per :data:`VISION_DEFAULTS`), ``digits-mlp`` and ``digits-cnn`` (checkpoints from epoch 1).
 Design seeds (0, 1, …) choose the default; held-out seeds (100, 101, …) confirm it.
 
 Per (setting, noise, seed) and method: recall@10% (share of the flips among the first 10% of the
@@ -46,7 +47,14 @@ from influence_cli.recipe import load_recipe
 from influence_cli.session import Session
 
 DEFAULT_SETTINGS = ("resnet18", "digits-mlp", "digits-cnn")
-ALL_SETTINGS = ("resnet18", "mobilenet", "digits-mlp", "digits-cnn")
+ALL_SETTINGS = ("resnet18", "mobilenet_v3", "digits-mlp", "digits-cnn")
+#: Old setting names still accepted by ``--settings``.
+SETTING_ALIASES = {"mobilenet": "mobilenet_v3"}
+#: The torchvision architecture of each vision setting.
+VISION_ARCH = {"resnet18": "resnet18", "mobilenet_v3": "mobilenet_v3_small"}
+#: Per-setting changes to :class:`VisionSchedule`'s defaults (the ResNet-18 recipe); explicit
+#: ``--epochs/--every/--lr/--batch/--schedule`` override them.
+VISION_DEFAULTS: dict[str, dict] = {"mobilenet_v3": {"lr": 0.05, "epochs": 30, "every": 5}}
 #: The ``checks:`` section of the README's CI example ("Gate a dataset in CI").
 CI_CHECKS = {"baseline": "checks-baseline.json", "max_flagged_mislabel_fraction": 0.01,
              "no_attack_target": {"test_indices": "0:50"}}
@@ -58,8 +66,14 @@ def build_run(setting: str, out: Path, noise: str, rate: float, seed: int, n_tra
     rate = 0.0 if noise == "clean" else rate
     if setting.startswith("digits-"):
         return digits_run(out, setting.split("-")[1], noise, rate, seed)
-    arch = {"resnet18": "resnet18", "mobilenet": "mobilenet_v3_small"}[setting]
-    return vision_run(out, replace(vision, arch=arch), noise, rate, seed, n_train)
+    return vision_run(out, replace(vision, arch=VISION_ARCH[setting]), noise, rate, seed, n_train)
+
+
+def vision_schedule(setting: str, **overrides) -> VisionSchedule:
+    """``setting``'s schedule: :class:`VisionSchedule` with :data:`VISION_DEFAULTS` and then the
+    ``overrides`` that are not None (the CLI's explicit options)."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return replace(VisionSchedule(**VISION_DEFAULTS.get(setting, {})), **given)
 
 
 def test_accuracy(session: Session) -> float:
@@ -200,17 +214,18 @@ def check_table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=ALL_SETTINGS)
+    parser.add_argument("--settings", nargs="+", default=list(DEFAULT_SETTINGS), choices=[*ALL_SETTINGS, *SETTING_ALIASES])
     parser.add_argument("--noise", nargs="+", default=["uniform", "pairs", "clean"])
     parser.add_argument("--rates", nargs="+", type=float, default=[0.1])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="design 0…; held out 100…")
     parser.add_argument("--n-train", type=int, default=1500, help="vision training images (at most 1,747)")
-    parser.add_argument("--epochs", type=int, default=VisionSchedule.epochs, help="vision training epochs")
-    parser.add_argument("--every", type=int, default=VisionSchedule.every, help="vision checkpoint every k epochs")
-    parser.add_argument("--lr", type=float, default=VisionSchedule.lr, help="vision initial learning rate")
-    parser.add_argument("--batch", type=int, default=VisionSchedule.batch, help="vision batch size")
-    parser.add_argument("--schedule", choices=["cosine", "step"], default=VisionSchedule.schedule,
-                        help="vision schedule (the first round: --n-train 600 --epochs 15 --every 3 --lr 0.01 "
+    for name, kind, text in (("epochs", int, "vision training epochs"), ("every", int, "vision checkpoint every k epochs"),
+                             ("lr", float, "vision initial learning rate"), ("batch", int, "vision batch size")):
+        per_setting = ", ".join(f"{s} {d[name]}" for s, d in VISION_DEFAULTS.items() if name in d)
+        parser.add_argument(f"--{name}", type=kind, help=f"{text} (default {getattr(VisionSchedule, name)}"
+                            + (f"; {per_setting}" if per_setting else "") + ")")
+    parser.add_argument("--schedule", choices=["cosine", "step"],
+                        help="vision schedule (default cosine; the first round: --n-train 600 --epochs 15 --every 3 --lr 0.01 "
                              "--batch 32 --schedule step)")
     parser.add_argument("--full", action="store_true", help="every setting, 5/10/20%% noise")
     parser.add_argument("--no-cleanlab", action="store_true")
@@ -229,11 +244,11 @@ def main() -> None:
     if args.full:
         args.settings, args.rates = list(ALL_SETTINGS), [0.05, 0.1, 0.2]
     torch.set_num_threads(1)
-    vision = VisionSchedule(epochs=args.epochs, every=args.every, lr=args.lr, batch=args.batch,
-                            schedule=args.schedule)
     methods = set(MislabelMethod) - {MislabelMethod(m) for m in args.skip}
     rows: list[dict] = []
-    for setting in args.settings:
+    for setting in [SETTING_ALIASES.get(s, s) for s in args.settings]:
+        vision = vision_schedule(setting, epochs=args.epochs, every=args.every, lr=args.lr, batch=args.batch,
+                                 schedule=args.schedule)
         for seed in args.seeds:
             for noise, rate in [(n, r) for n in args.noise for r in (args.rates if n != "clean" else [0.0])]:
                 start = time.perf_counter()

@@ -7,7 +7,11 @@ flipped labels written as files in the wrong class folder; torchvision ``resnet1
 random crop (padding 4) + horizontal flip in training only, batch 64, η0 0.02 with cosine
 annealing over 20 epochs (or StepLR, γ = 0.1 at 2/3 of the epochs: ``schedule="step"``), and a
 checkpoint ``{model, optimizer, scheduler, epoch}`` every ``every`` (4) epochs saved after
-``scheduler.step()`` (``learning_rate: auto`` reads the scheduler state).
+``scheduler.step()`` (``learning_rate: auto`` reads the scheduler state). The architecture is
+:attr:`VisionSchedule.arch`; the ``mobilenet_v3`` setting changes η0, epochs and ``every`` only
+(``benchmarks.matrix.VISION_DEFAULTS``: η0 0.05 over 30 epochs, every 5). torchvision's MobileNetV3
+BatchNorm has momentum 0.01, so its running statistics, and with them eval-mode predictions at the
+early checkpoints, lag the weights.
 
 ``digits``: :mod:`influence_cli.demo`'s MLP/CNN on 8×8 digits, checkpoints at epochs
 1, 2, 5, 10, 20, 30 (the set starts under-trained).
