@@ -74,8 +74,8 @@ class TrainPassResult:
         """One result from results over disjoint, consecutive shards, in order (``None``: an empty shard).
 
         indices, self-influence, column_best (per training example) and the matrix (along the
-        training axis): concatenated; checkpoint_mass: added; proponents/opponents: the k largest/smallest of the per-shard
-        top-k lists (:func:`~influence_cli.topk.merge_topk`, ties to the smaller index), which is
+        training axis): concatenated; checkpoint_mass: added; proponents/opponents: the k
+        largest/smallest of the per-shard top-k lists (:func:`~influence_cli.topk.merge_topk`, ties to the smaller index), which is
         exactly the top-k over all columns.
         """
         present = [p for p in parts if p is not None]
@@ -212,7 +212,8 @@ def fit_curvatures(session: Session, method: Method, progress: Progress | None =
     not fitted yet in this session, as its own progress task (nothing for the first-order methods)."""
     if method not in CURVATURE_METHODS:
         return
-    todo = [c for c, _ in checkpoint_terms(session, method) if _curvature_key(session, method, c) not in session.curvature]
+    todo = [c for c, _ in checkpoint_terms(session, method)
+            if _curvature_key(session, method, c) not in session.curvature]
     if todo:
         with (progress or NoProgress()).task(f"curvature fit ({method})", total=len(todo)) as advance:
             for c in todo:
@@ -229,7 +230,8 @@ def curvature(session: Session, method: Method, c: int = -1) -> EKFAC | Arnoldi:
     key = _curvature_key(session, method, c)
     if key not in session.curvature:
         if session.recipe.projection is not None:
-            raise ParameterError("method", f"{method} needs exact gradients; remove the `projection:` section from the recipe")
+            raise ParameterError("method", f"{method} needs exact gradients; remove the `projection:` section "
+                                           "from the recipe")
         kind = Arnoldi if method is Method.ARNOLDI else EKFAC
         sha, name = session.checkpoints[c].sha256, _fit_key(session, method)
         state = None if session.store is None else session.store.load_fit(sha, name, session.device)

@@ -23,7 +23,8 @@ def demo_command(
     seed: Annotated[int, typer.Option(help="Seed of the split, the label flips and the training.")] = 0,
     n_train: Annotated[int, typer.Option("--n-train", help="Training examples (100–1,700; the rest is the test set "
                                                            "up to 297).")] = 1500,
-    epochs: Annotated[int, typer.Option(help="Training epochs; a checkpoint every max(1, ⌊epochs/6⌋) of them (6 at 30).")] = 30,
+    epochs: Annotated[int, typer.Option(help="Training epochs; a checkpoint every max(1, ⌊epochs/6⌋) of them "
+                                             "(6 at 30).")] = 30,
     n_poison: Annotated[int | None, typer.Option("--n-poison", help="Backdoor poison: training images of digit 2 "
                                                  "stamped with a corner trigger and relabelled 7 (default: "
                                                  "40·n_train/1500; 0: no backdoor).")] = None,

@@ -251,7 +251,8 @@ def _fit(job: Job, x: Inputs, y: torch.Tensor, load: float) -> tuple[Fit, Job]:
     seconds), and the job measuring with its one-batch preconditioner."""
     s, terms = job.session, _terms(job)
     if s.recipe.projection is not None:
-        raise ParameterError("method", f"{job.method} needs exact gradients; remove the `projection:` section from the recipe")
+        raise ParameterError("method", f"{job.method} needs exact gradients; remove the `projection:` section "
+                                       "from the recipe")
     weights = s.weights[terms[-1]]  # every term's fit does the same work
     if job.method is Method.ARNOLDI:
         fit, pre = _arnoldi_fit(s, x, y, load, len(terms), weights)
