@@ -319,6 +319,14 @@ def _dense_bytes(session: Session) -> int:
     return len(session.weights) * sum(session.layout.sizes) * itemsize
 
 
+def examples_per_pass(budget: float | None, m: int, per_example: float) -> int:
+    """Query examples one training pass holds: all ``m`` when m·``per_example`` bytes fit ``budget`` (or
+    there is none), else ⌊budget / per_example⌋ (0: not even one fits)."""
+    if budget is None or per_example <= 0 or m * per_example <= budget:
+        return m
+    return min(m, int(budget // per_example))
+
+
 def query_chunk(session: Session, method: Method, indices: torch.Tensor, labels: torch.Tensor) -> int:
     """How many query examples one chunk holds: all M when C·M·d bytes fit :func:`query_budget`, else
     ⌊budget / (C·d)⌋, said once in a warning; not even one fitting is an error."""
@@ -326,7 +334,7 @@ def query_chunk(session: Session, method: Method, indices: torch.Tensor, labels:
     if budget is None or m == 0 or m * _dense_bytes(session) <= budget:  # fits even fully materialised
         return m
     per_example = query_example_bytes(session, method, indices, labels)
-    chunk = int(budget // per_example) if per_example > 0 else m
+    chunk = examples_per_pass(budget, m, per_example)
     if chunk >= m:
         return m
     gib = lambda n: f"{n / 2**30:.2f} GiB"  # noqa: E731

@@ -20,7 +20,7 @@ from influence_cli.audits.check import Need, NoAttackTarget, watched_candidates,
 from influence_cli.audits.mislabel import COMBINED_SIGNALS, last_layer_session
 from influence_cli.curvature.arnoldi import Arnoldi, gauss_newton_product
 from influence_cli.curvature.ekfac import EKFAC, KroneckerBlock, fit_ekfac
-from influence_cli.engine import checkpoint_terms, curvature_spec, query_budget, weighted_batch
+from influence_cli.engine import checkpoint_terms, curvature_spec, examples_per_pass, query_budget, weighted_batch
 from influence_cli.errors import InfluenceError, ParameterError
 from influence_cli.gradients.factorized import FactorizedGradients
 from influence_cli.gradients.factors import Factors, LayerGrads
@@ -299,10 +299,8 @@ def measure(job: Job) -> Part:
 def _chunk(session: Session, m: int, example_bytes: int) -> int:
     """The engine's split of the test side (:func:`~influence_cli.engine.query_chunk`): 0 when C·M·d fits the
     budget, else ⌊budget / (C·d)⌋ test examples per training pass (at least 1)."""
-    budget = query_budget(session)
-    if budget is None or not m or not example_bytes or m * example_bytes <= budget:
-        return 0
-    return max(1, min(m, int(budget // example_bytes)))
+    chunk = examples_per_pass(query_budget(session), m, example_bytes)
+    return 0 if chunk >= m else max(1, chunk)
 
 
 def _queries(session: Session, test_indices: Sequence[int] | None) -> torch.Tensor:
